@@ -1,0 +1,35 @@
+# Two commands for a fresh machine:  `make demo`  and  `make test`  (see README.md).
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+OUT    ?= runs/demo
+PROFILE ?= quick
+
+.PHONY: demo test lint lab notebooks venv clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m workbench demo --profile $(PROFILE) --out $(OUT)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(PY) -m ruff check workbench tests benchmarks notebooks
+
+notebooks: $(STAMP)
+	$(PY) -m jupytext --sync notebooks/*.py
+
+lab: $(STAMP) notebooks
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
