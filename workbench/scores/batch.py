@@ -1,0 +1,65 @@
+"""``ScoreBatch``: the slates every loss consumes.
+
+Each of ``B`` queries has a slate of ``L`` candidates (its positives and mined negatives, padded). A loss is a
+pure function of a ``ScoreBatch``; it never mines and never calls a model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from workbench.checks import check_tensor
+
+
+@dataclass(frozen=True)
+class ScoreBatch:
+    """Student and teacher scores over per-query slates.
+
+    Attributes:
+        student: float [B, L], student logits (cosine x the student's logit scale).
+        teacher: float [B, L] teacher scores for the same entries, or ``None`` (losses needing no teacher).
+        positive: bool [B, L], True where the entry truly matches the query.
+        valid: bool [B, L], True where the entry exists (False = padding); ``None`` means all True.
+    """
+
+    student: torch.Tensor
+    positive: torch.Tensor
+    teacher: torch.Tensor | None = None
+    valid: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        s = check_tensor("student", self.student, ndim=2, dtype="float")
+        shape = tuple(s.shape)
+        check_tensor("positive", self.positive, shape=shape, dtype="bool")
+        if self.teacher is not None:
+            check_tensor("teacher", self.teacher, shape=shape, dtype="float")
+        if self.valid is not None:
+            check_tensor("valid", self.valid, shape=shape, dtype="bool")
+        mask = self.mask
+        _check_finite("student", s, mask)
+        if self.teacher is not None:
+            _check_finite("teacher", self.teacher, mask)
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """bool [B, L]: entries that exist (``valid``, or all True)."""
+        return torch.ones_like(self.positive) if self.valid is None else self.valid
+
+    @property
+    def negative(self) -> torch.Tensor:
+        """bool [B, L]: existing entries that are not positives."""
+        return self.mask & ~self.positive
+
+    def require_teacher(self, loss: str) -> torch.Tensor:
+        """Return ``teacher`` or raise ``ValueError`` saying that ``loss`` needs one."""
+        if self.teacher is None:
+            raise ValueError(f"loss {loss!r} needs teacher scores: ScoreBatch.teacher must be a float [B, L] tensor, got None")
+        return self.teacher
+
+
+def _check_finite(name: str, x: torch.Tensor, mask: torch.Tensor) -> None:
+    bad = ~torch.isfinite(x.detach()) & mask
+    if bad.any():
+        raise ValueError(f"{name} must be finite on valid entries, got {int(bad.sum())} NaN/inf value(s)")
