@@ -55,7 +55,9 @@ class ScoreBatch:
     def require_teacher(self, loss: str) -> torch.Tensor:
         """Return ``teacher`` or raise ``ValueError`` saying that ``loss`` needs one."""
         if self.teacher is None:
-            raise ValueError(f"loss {loss!r} needs teacher scores: ScoreBatch.teacher must be a float [B, L] tensor, got None")
+            raise ValueError(
+                f"loss {loss!r} needs teacher scores: ScoreBatch.teacher must be a float [B, L] tensor, got None"
+            )
         return self.teacher
 
 
