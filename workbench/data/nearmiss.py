@@ -1,0 +1,66 @@
+"""Pre-generated near-miss captions for a split: for every caption, one false variant per perturbation kind.
+
+Used to train the teacher's binding (positives vs their perturbations) and as privileged hard negatives for the
+student's upper-bound control and the NegCLIP-style baseline.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from workbench.data import grammar
+from workbench.data.world import PERTURBATIONS, Split, caption_fact_ids, count_true_facts, perturb
+
+
+@dataclass
+class NearMisses:
+    """Near-miss captions of a split.
+
+    Attributes:
+        tokens: long [M, K, T], K = len(kinds); available: bool [M, K] (False where a kind does not apply);
+        fact_ids: long [M, K, 3], the near-misses' fact ids (see ``world.caption_fact_ids``), for ground truth.
+    """
+
+    tokens: torch.Tensor
+    available: torch.Tensor
+    fact_ids: torch.Tensor
+    kinds: tuple[str, ...]
+
+    def sample_with_kind(
+        self, captions: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One random available near-miss per caption: (tokens long [B, T], has_one bool [B], kind long [B])."""
+        avail = self.available[captions].float()  # [B, K]
+        has = avail.sum(1) > 0
+        pick = torch.multinomial(avail + (~has[:, None]).float(), 1, generator=generator).squeeze(1)
+        return self.tokens[captions, pick], has, pick
+
+    def sample(self, captions: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """One random available near-miss per caption: (tokens long [B, T], has_one bool [B])."""
+        tokens, has, _ = self.sample_with_kind(captions, generator)
+        return tokens, has
+
+    def truth(self, split: Split, img: torch.Tensor, captions: torch.Tensor, kinds: torch.Tensor) -> torch.Tensor:
+        """bool [q, c]: whether near-miss ``kinds[j]`` of caption ``captions[j]`` is true for image ``img[i]``."""
+        ids = self.fact_ids[captions, kinds]  # [c, 3]
+        m, r = split.fact_tables
+        return count_true_facts(m[img], r[img], ids) == (ids >= 0).sum(-1)
+
+
+def build_near_misses(split: Split, seed: int = 0, kinds: tuple[str, ...] = PERTURBATIONS) -> NearMisses:
+    """One near-miss per (caption, kind), rendered with the same random draws as the true caption's re-rendering."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x4E4D]))
+    texts, specs, available = [], [], torch.zeros(split.num_captions, len(kinds), dtype=torch.bool)
+    for c, spec in enumerate(split.captions):
+        scene = split.scenes[int(split.caption_image[c])]
+        for k, kind in enumerate(kinds):
+            new = perturb(scene, spec, kind, rng)
+            available[c, k] = new is not None
+            specs.append(new if new is not None else spec)
+            texts.append(grammar.render(specs[-1], rng))
+    shape = (split.num_captions, len(kinds))
+    tokens = grammar.tokenize(texts).reshape(*shape, -1)
+    return NearMisses(tokens, available, caption_fact_ids(specs).reshape(*shape, 3), kinds)

@@ -1,0 +1,140 @@
+"""The built-in cross-encoder teacher: image patches and caption words attend to each other; an ITM head scores.
+
+    u(i, j) = ITM logit of the fused (image i, caption j) pair;  match probability = sigmoid(u)
+
+As in ALBEF/BLIP it also has unimodal ITC towers (used to mine hard negatives while it trains). Encodings are
+split so that image and caption encodings can be computed once and cached, and each pair only runs the fusion:
+
+    img = encode_image(images)            # [N, 9, d]
+    txt, pad = encode_text(tokens)        # [M, T, d], [M, T]
+    logits = fuse(img[i], txt[j], pad[j]) # [P]
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from workbench.checks import check_choice, check_int
+from workbench.data.grammar import MAX_WORDS, PAD, VOCAB
+from workbench.models.layers import Block, TextEmbedding
+from workbench.models.stem import NUM_PATCHES, PatchStem, StemConfig
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    """Sizes of the built-in cross-encoder."""
+
+    dim: int = 64
+    heads: int = 4
+    mlp: int = 128
+    image_layers: int = 1  # unimodal image self-attention layers before fusion
+    text_layers: int = 1  # unimodal text layers before fusion
+    fusion: str = "single"  # "single": one stream over [words; patches]; "cross": words cross-attend patches
+    fusion_layers: int = 3
+    prev_token: bool = True
+    embed_dim: int = 64  # ITC embedding size
+    stem: StemConfig = StemConfig()
+
+    def __post_init__(self) -> None:
+        for name in ("dim", "heads", "mlp", "fusion_layers", "embed_dim"):
+            check_int(name, getattr(self, name), min_value=1)
+        check_int("image_layers", self.image_layers, min_value=0)
+        check_int("text_layers", self.text_layers, min_value=0)
+        check_choice("fusion", self.fusion, ["single", "cross"])
+        if self.dim % self.heads:
+            raise ValueError(f"dim must be divisible by heads, got dim={self.dim}, heads={self.heads}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TeacherConfig:
+        d = dict(d)
+        d["stem"] = StemConfig(**d.get("stem", {}))
+        return cls(**d)
+
+
+class CrossEncoder(nn.Module):
+    """Teacher interface: ``score(images, tokens)`` for aligned pairs; cached-encoding path via ``fuse``."""
+
+    kind = "teacher"
+
+    def __init__(self, config: TeacherConfig | None = None, stem: PatchStem | None = None):
+        super().__init__()
+        self.config = c = config or TeacherConfig()
+        self.stem = stem or PatchStem(c.stem)
+        self.stem.requires_grad_(False)
+        self.patch_proj = nn.Linear(c.stem.dim, c.dim)
+        self.patch_pos = nn.Parameter(torch.randn(NUM_PATCHES, c.dim) * 0.5)
+        self.image_blocks = nn.ModuleList(Block(c.dim, c.heads, c.mlp) for _ in range(c.image_layers))
+        self.text_embed = TextEmbedding(len(VOCAB), MAX_WORDS + 1, c.dim, prev_token=c.prev_token)
+        self.text_blocks = nn.ModuleList(Block(c.dim, c.heads, c.mlp) for _ in range(c.text_layers))
+        cross = c.fusion == "cross"
+        self.type_embed = nn.Parameter(torch.randn(2, c.dim) * 0.5)
+        self.fusion_blocks = nn.ModuleList(Block(c.dim, c.heads, c.mlp, cross=cross) for _ in range(c.fusion_layers))
+        self.itm_head = nn.Sequential(nn.LayerNorm(c.dim), nn.Linear(c.dim, c.dim), nn.GELU(), nn.Linear(c.dim, 1))
+        self.ground_head = nn.Sequential(nn.LayerNorm(c.dim), nn.Linear(c.dim, NUM_PATCHES))
+        self.itc_image = nn.Sequential(nn.LayerNorm(c.dim), nn.Linear(c.dim, c.embed_dim))
+        self.itc_text = nn.Sequential(nn.LayerNorm(c.dim), nn.Linear(c.dim, c.embed_dim))
+        self.itc_log_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """float [N, 3, 24, 24] -> patch encodings float [N, 9, d]."""
+        with torch.no_grad():
+            feats = self.stem(images)
+        x = self.patch_proj(feats) + self.patch_pos
+        for block in self.image_blocks:
+            x = block(x)
+        return x
+
+    def encode_text(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """long [M, T] -> (word encodings float [M, T, d], padding bool [M, T])."""
+        pad = tokens == PAD
+        x = self.text_embed(tokens)
+        for block in self.text_blocks:
+            x = block(x, pad=pad)
+        return x, pad
+
+    def fuse(self, img: torch.Tensor, txt: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        """Joint encoding of aligned pairs -> fused word states float [P, T, d] (position 0 = [CLS])."""
+        t = txt.shape[1]
+        if self.config.fusion == "cross":
+            x = txt
+            for block in self.fusion_blocks:
+                x = block(x, pad=pad, context=img)
+            return x
+        x = torch.cat([txt + self.type_embed[0], img + self.type_embed[1]], dim=1)
+        full_pad = torch.cat([pad, torch.zeros(pad.shape[0], img.shape[1], dtype=torch.bool, device=pad.device)], 1)
+        for block in self.fusion_blocks:
+            x = block(x, pad=full_pad)
+        return x[:, :t]
+
+    def itm_from_fused(self, fused: torch.Tensor) -> torch.Tensor:
+        """fused [P, T, d] -> ITM logits float [P]."""
+        return self.itm_head(fused[:, 0]).squeeze(-1)
+
+    def itm(self, img: torch.Tensor, txt: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        """ITM logits float [P] for aligned encoded pairs."""
+        return self.itm_from_fused(self.fuse(img, txt, pad))
+
+    def score(self, images: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """ITM logits float [P] for aligned pairs (images [P, 3, 24, 24], tokens [P, T])."""
+        txt, pad = self.encode_text(tokens)
+        return self.itm(self.encode_image(images), txt, pad)
+
+    def itc_embed_image(self, img: torch.Tensor) -> torch.Tensor:
+        """img encodings [N, 9, d] -> L2-normalised [N, embed_dim] (mean over patches)."""
+        return F.normalize(self.itc_image(img.mean(1)), dim=-1)
+
+    def itc_embed_text(self, txt: torch.Tensor) -> torch.Tensor:
+        """word encodings [M, T, d] -> L2-normalised [M, embed_dim] ([CLS] state)."""
+        return F.normalize(self.itc_text(txt[:, 0]), dim=-1)
+
+    @property
+    def itc_logit_scale(self) -> torch.Tensor:
+        return self.itc_log_scale.exp().clamp(max=100.0)
+
+    def config_dict(self) -> dict:
+        return asdict(self.config)

@@ -1,0 +1,145 @@
+"""Training the built-in cross-encoder teacher: ITC + ITM on hard negatives, with a binding curriculum.
+
+Phase 1 ("binding", ``steps_binding``): ITM on each positive pair vs a near-miss of its caption (1:1), which
+only a model that binds attributes and relations can separate. Phase 2 ("full", ``steps_full``): ITC on the
+unimodal towers + ITM on the ALBEF mix: each positive, an ITC-mined hard caption and a hard image from the batch,
+one random caption, one near-miss caption. Every ITM label comes from the world's ground truth (a "negative" that
+happens to be true for the image is labelled a match).
+
+A prototype showed binding is learned after a plateau at chance: log minimal-pair accuracy and wait 3-5k steps
+before declaring failure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+from workbench.checks import check_float, check_int
+from workbench.data.nearmiss import NearMisses
+from workbench.data.world import SemanticRelation, Split
+from workbench.models.teacher import CrossEncoder
+from workbench.training.common import make_optimizer, multi_positive_itc, sample_hard, seed_everything
+
+
+@dataclass(frozen=True)
+class TeacherTrainConfig:
+    """How to train the teacher. ``python -m workbench train-teacher --help`` exposes every field."""
+
+    steps_binding: int = 2000  # phase 1: positives vs their near-misses
+    steps_full: int = 2000  # phase 2: ITC + full ITM mix
+    batch: int = 64
+    lr: float = 2e-3
+    warmup: int = 200
+    weight_itc: float = 1.0
+    eval_every: int = 250
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_int("steps_binding", self.steps_binding, min_value=0)
+        check_int("steps_full", self.steps_full, min_value=0)
+        check_int("batch", self.batch, min_value=2)
+        check_float("lr", self.lr, min_value=0.0, strict_min=True)
+        check_int("warmup", self.warmup, min_value=0)
+        check_float("weight_itc", self.weight_itc, min_value=0.0)
+        check_int("eval_every", self.eval_every, min_value=1)
+
+
+def balanced_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """BCE with positives and negatives weighted to contribute equally (logits, labels float [P])."""
+    pos = labels.sum().clamp(min=1)
+    neg = (1 - labels).sum().clamp(min=1)
+    weight = torch.where(labels > 0.5, 0.5 / pos, 0.5 / neg)
+    return (F.binary_cross_entropy_with_logits(logits, labels, reduction="none") * weight).sum()
+
+
+def binding_step(model: CrossEncoder, split: Split, near: NearMisses, img: torch.Tensor, cap: torch.Tensor,
+                 gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """Phase-1 losses for a batch of (image, own caption) index pairs [B]."""
+    false_tokens, has = near.sample(cap, gen)
+    images = split.images[img[has]]
+    tokens = torch.cat([split.tokens[cap[has]], false_tokens[has]])
+    enc_img = model.encode_image(images)
+    txt, pad = model.encode_text(tokens)
+    logits = model.itm(enc_img.repeat(2, 1, 1), txt, pad)
+    labels = torch.cat([torch.ones(int(has.sum())), torch.zeros(int(has.sum()))])
+    return {"itm_loss": balanced_bce(logits, labels)}
+
+
+def full_step(model: CrossEncoder, split: Split, near: NearMisses, img: torch.Tensor, cap: torch.Tensor,
+              gen: torch.Generator, weight_itc: float) -> dict[str, torch.Tensor]:
+    """Phase-2 losses (ITC + ITM on the hard-negative mix) for (image, own caption) index pairs [B]."""
+    truth = SemanticRelation(split)
+    enc_img = model.encode_image(split.images[img])
+    txt, pad = model.encode_text(split.tokens[cap])
+    positive = truth.block(img, cap)  # [B, B]
+    sim = model.itc_logit_scale * model.itc_embed_image(enc_img) @ model.itc_embed_text(txt).T
+    hard_cap = sample_hard(sim, positive, gen)  # [B] batch positions
+    hard_img = sample_hard(sim.T, positive.T, gen)
+    rand_cap = torch.randint(split.num_captions, (len(img),), generator=gen)
+    near_tok, has = near.sample(cap, gen)
+    rand_txt, rand_pad = model.encode_text(split.tokens[rand_cap])
+    near_txt, near_pad = model.encode_text(near_tok[has])
+    b = torch.arange(len(img))
+    pairs_img = torch.cat([enc_img, enc_img, enc_img[hard_img], enc_img, enc_img[has]])
+    pairs_txt = torch.cat([txt, txt[hard_cap], txt, rand_txt, near_txt])
+    pairs_pad = torch.cat([pad, pad[hard_cap], pad, rand_pad, near_pad])
+    labels = torch.cat([
+        torch.ones(len(img)), positive[b, hard_cap].float(), positive[hard_img, b].float(),
+        truth.pairs(img, rand_cap).float(), torch.zeros(int(has.sum())),
+    ])
+    itm = balanced_bce(model.itm(pairs_img, pairs_txt, pairs_pad), labels)
+    return {"itm_loss": itm, "itc_loss": weight_itc * multi_positive_itc(sim, positive)}
+
+
+Callback = Callable[[int, dict[str, float]], None]
+
+
+def train_teacher(model: CrossEncoder, split: Split, near: NearMisses, cfg: TeacherTrainConfig,
+                  evaluate: Callable[[CrossEncoder], dict[str, float]] | None = None,
+                  callbacks: list[Callback] = (), progress: Callable | None = None) -> list[dict[str, float]]:
+    """Run both phases; return the history (one dict per logged step). No display code: use callbacks."""
+    gen = seed_everything(cfg.seed)
+    total = cfg.steps_binding + cfg.steps_full
+    opt, sched = make_optimizer(model.parameters(), cfg.lr, total, warmup=cfg.warmup)
+    history: list[dict[str, float]] = []
+    steps = progress(range(total)) if progress else range(total)
+    for step in steps:
+        model.train()
+        img = torch.randint(split.num_images, (cfg.batch,), generator=gen)
+        cap = _own_caption(split, img, gen)
+        phase = "binding" if step < cfg.steps_binding else "full"
+        if phase == "binding":
+            terms = binding_step(model, split, near, img, cap, gen)
+        else:
+            terms = full_step(model, split, near, img, cap, gen, cfg.weight_itc)
+        loss = sum(terms.values())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if (step + 1) % cfg.eval_every == 0 or step + 1 == total:
+            row = {"step": step + 1, "phase": phase, **{k: v.item() for k, v in terms.items()}}
+            if evaluate is not None:
+                model.eval()
+                row |= evaluate(model)
+            history.append(row)
+            for cb in callbacks:
+                cb(step + 1, row)
+    model.eval()
+    return history
+
+
+def _own_caption(split: Split, img: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """A uniformly random caption written for each image (images have ``captions_per_image`` captions each)."""
+    starts = torch.searchsorted(split.caption_image, img)
+    ends = torch.searchsorted(split.caption_image, img, right=True)
+    return starts + (torch.rand(len(img), generator=gen) * (ends - starts)).long()
+
+
+def config_dict(cfg: TeacherTrainConfig) -> dict:
+    return asdict(cfg)
