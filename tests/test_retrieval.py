@@ -20,6 +20,7 @@ from workbench.analysis.retrieval import (
     score_pairs,
 )
 from workbench.data.relations import DenseRelation, ImageIdRelation, PairRelation
+from workbench.scores.similarity import topk_similarity
 
 # ---------------------------------------------------------------------------------------------- hand cases
 
@@ -133,6 +134,25 @@ def test_blocked_retrieval_equals_dense_oracle(seed):
         assert_metrics_close(got, want)
     assert list(want["coco"]) == ["r1_i2t", "r5_i2t", "r10_i2t", "r1_t2i", "r5_t2i", "r10_t2i", "rsum"]
     assert 0.0 < want["coco"]["rsum"] < want["semantic"]["rsum"] <= 600.0
+
+
+@pytest.mark.parametrize("k, qb, gb", [(1, 3, 4), (5, 7, 3), (9, 2, 11), (12, 64, 64), (3, 50, 40)])
+@pytest.mark.parametrize("with_exclusion", [False, True])
+def test_topk_similarity_breaks_ties_like_a_stable_sort(k, qb, gb, with_exclusion):
+    # the fast path of topk_similarity (torch.topk + tie repair) must pick and order exactly like a stable sort;
+    # small integer embeddings make ties at the k-th place common, and the exclusion mask leaves rows short
+    g = torch.Generator().manual_seed(k)
+    query = torch.randint(-1, 2, (50, 2), generator=g).float()
+    gallery = torch.randint(-1, 2, (40, 2), generator=g).float()
+    excluded = (torch.rand(50, 40, generator=g) < 0.9) & with_exclusion
+    excluded[0, :] = with_exclusion
+    exclude = (lambda q, c: excluded[q][:, c]) if with_exclusion else None
+    values, indices = topk_similarity(query, gallery, k, exclude=exclude, query_block=qb, gallery_block=gb)
+    scores = (query @ gallery.T).masked_fill(excluded, float("-inf"))
+    want_v, want_i = torch.sort(scores, dim=1, descending=True, stable=True)
+    want_v, want_i = want_v[:, :k], want_i[:, :k].masked_fill(torch.isinf(want_v[:, :k]), -1)
+    assert torch.equal(values, want_v)
+    assert torch.equal(indices, want_i)
 
 
 def test_semantic_superset_never_lowers_recall():
