@@ -22,6 +22,13 @@ from workbench.analysis.retrieval import (
 from workbench.data.relations import DenseRelation, ImageIdRelation, PairRelation
 from workbench.scores.similarity import topk_similarity
 
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+    ),
+]
+
 # ---------------------------------------------------------------------------------------------- hand cases
 
 # Case A: 4 images x 8 captions, two captions per image. Caption 2 (written for image 1) is also true for
@@ -96,11 +103,13 @@ def test_metrics_from_matrix_hand_cases(scores, relations, ks, expected):
     assert_metrics_close(metrics_from_matrix(scores, relations(), ks=ks), expected)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("scores, relations, ks, expected", CASES)
-def test_retrieval_metrics_hand_cases(scores, relations, ks, expected):
+def test_retrieval_metrics_hand_cases(scores, relations, ks, expected, device):
     # text_emb = identity, so image_emb @ text_emb.T reproduces the hand-written matrix exactly (ties included)
     N, M = scores.shape
-    got = retrieval_metrics(scores, torch.eye(M), relations(), ks=ks, query_block=2, gallery_block=3)
+    image_emb, text_emb = scores.to(device), torch.eye(M, device=device)
+    got = retrieval_metrics(image_emb, text_emb, relations(), ks=ks, query_block=2, gallery_block=3)
     assert_metrics_close(got, expected)
 
 
@@ -125,9 +134,11 @@ def random_setup(seed: int, N: int = 23, M: int = 57, D: int = 8, dtype=torch.fl
     return image_emb, text_emb, {"coco": coco, "semantic": DenseRelation(semantic)}
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_blocked_retrieval_equals_dense_oracle(seed):
+def test_blocked_retrieval_equals_dense_oracle(seed, device):
     image_emb, text_emb, relations = random_setup(seed)
+    image_emb, text_emb = image_emb.to(device), text_emb.to(device)
     want = metrics_from_matrix(image_emb @ text_emb.T, relations)
     for qb, gb in [(1, 1), (4, 5), (1000, 1000)]:
         got = retrieval_metrics(image_emb, text_emb, relations, scale=7.0, query_block=qb, gallery_block=gb)
@@ -138,7 +149,8 @@ def test_blocked_retrieval_equals_dense_oracle(seed):
 
 @pytest.mark.parametrize("k, qb, gb", [(1, 3, 4), (5, 7, 3), (9, 2, 11), (12, 64, 64), (3, 50, 40)])
 @pytest.mark.parametrize("with_exclusion", [False, True])
-def test_topk_similarity_breaks_ties_like_a_stable_sort(k, qb, gb, with_exclusion):
+@pytest.mark.parametrize("device", DEVICES)
+def test_topk_similarity_breaks_ties_like_a_stable_sort(k, qb, gb, with_exclusion, device):
     # the fast path of topk_similarity (torch.topk + tie repair) must pick and order exactly like a stable sort;
     # small integer embeddings make ties at the k-th place common, and the exclusion mask leaves rows short
     g = torch.Generator().manual_seed(k)
@@ -146,8 +158,10 @@ def test_topk_similarity_breaks_ties_like_a_stable_sort(k, qb, gb, with_exclusio
     gallery = torch.randint(-1, 2, (40, 2), generator=g).float()
     excluded = (torch.rand(50, 40, generator=g) < 0.9) & with_exclusion
     excluded[0, :] = with_exclusion
-    exclude = (lambda q, c: excluded[q][:, c]) if with_exclusion else None
-    values, indices = topk_similarity(query, gallery, k, exclude=exclude, query_block=qb, gallery_block=gb)
+    exclude = (lambda q, c: excluded[q.cpu()][:, c.cpu()]) if with_exclusion else None
+    values, indices = topk_similarity(query.to(device), gallery.to(device), k, exclude=exclude, query_block=qb,
+                                      gallery_block=gb)
+    values, indices = values.cpu(), indices.cpu()
     scores = (query @ gallery.T).masked_fill(excluded, float("-inf"))
     want_v, want_i = torch.sort(scores, dim=1, descending=True, stable=True)
     want_v, want_i = want_v[:, :k], want_i[:, :k].masked_fill(torch.isinf(want_v[:, :k]), -1)
@@ -206,9 +220,11 @@ def test_rerank_hand_case_oracle_teacher():
     assert out["semantic"]["r3_i2t"] == EXPECTED_A["semantic"]["r3_i2t"]
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("seed", [0, 1])
-def test_rerank_oracle_teacher_property(seed):
+def test_rerank_oracle_teacher_property(seed, device):
     image_emb, text_emb, relations = random_setup(seed)
+    image_emb, text_emb = image_emb.to(device), text_emb.to(device)
     k_test = 6
     student = retrieval_metrics(image_emb, text_emb, relations, ks=(1, 3, k_test))
     for name, relation in relations.items():

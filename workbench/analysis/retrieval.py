@@ -122,13 +122,19 @@ def retrieval_metrics(
     N, M = _check_embeddings(image_emb, text_emb, relations)
     ks = _check_ks(ks, min(N, M), f"the gallery size min(N, M) = {min(N, M)}")
     scale = _check_scale(scale)
-    topk = {
+    student = _student_topk(image_emb, text_emb, max(ks), scale, query_block, gallery_block)
+    ranked = {d: idx for d, (_, idx) in student.items()}
+    return {name: _protocol_metrics(ranked, relation, ks) for name, relation in relations.items()}
+
+
+def _student_topk(image_emb, text_emb, k, scale, query_block, gallery_block):
+    """One blocked top-k per direction: {"i2t": (float [N, k], long [N, k]), "t2i": ([M, k], [M, k])}."""
+    return {
         direction: topk_similarity(
-            query, gallery, max(ks), scale=scale, query_block=query_block, gallery_block=gallery_block
-        )[1]
+            query, gallery, k, scale=scale, query_block=query_block, gallery_block=gallery_block
+        )
         for direction, query, gallery in (("i2t", image_emb, text_emb), ("t2i", text_emb, image_emb))
     }
-    return {name: _protocol_metrics(topk, relation, ks) for name, relation in relations.items()}
 
 
 def metrics_from_matrix(
@@ -229,12 +235,7 @@ def rerank_metrics(
     itc_weight = check_float("itc_weight", itc_weight)
     check_int("batch_size", batch_size, min_value=1)
     scale = _check_scale(scale)
-    student = {
-        direction: topk_similarity(
-            query, gallery, k_test, scale=scale, query_block=query_block, gallery_block=gallery_block
-        )
-        for direction, query, gallery in (("i2t", image_emb, text_emb), ("t2i", text_emb, image_emb))
-    }
+    student = _student_topk(image_emb, text_emb, k_test, scale, query_block, gallery_block)
     teacher, calls = _teacher_slates(student, pair_scorer, N, M, batch_size, dedupe, progress)
     ranked = {
         d: rerank_slate(s_val, s_idx, teacher[d], fusion=fusion, itc_weight=itc_weight)
@@ -363,7 +364,7 @@ def graded_spearman(scores: torch.Tensor, relevance: torch.Tensor) -> float:
         rho in [-1, 1]; ``nan`` if either input is constant (rho is undefined), as ``scipy.stats.spearmanr``.
     """
     check_tensor("scores", scores, ndim=1, dtype="float", finite=True)
-    check_tensor("relevance", relevance, shape=(scores.shape[0],))
+    check_tensor("relevance", relevance, shape=(scores.shape[0],), finite=True)
     if relevance.dtype == torch.bool or relevance.is_complex():
         raise ValueError(f"relevance must have a real or integer dtype, got {relevance.dtype}")
     if scores.shape[0] < 2:

@@ -68,30 +68,10 @@ def _topk_rows(q, gallery, k, scale, exclude, q0, gallery_block):
         g_idx = torch.arange(g0, g0 + block.shape[1], device=q.device)
         if exclude is not None:
             block = block.masked_fill(exclude(q_idx, g_idx).to(q.device), float("-inf"))
-        v, i = _stable_topk(block, min(k, block.shape[1]))  # [b, k'], block-local indices
-        cat_v = torch.cat([best_v, v], dim=1)
-        cat_i = torch.cat([best_i, g_idx[i]], dim=1)
+        cat_v = torch.cat([best_v, block], dim=1)
+        cat_i = torch.cat([best_i, g_idx.expand(b, -1)], dim=1)
         # stable sort keeps earlier (lower-index) entries first among ties
         order = torch.sort(cat_v, dim=1, descending=True, stable=True).indices[:, :k]
         best_v, best_i = cat_v.gather(1, order), cat_i.gather(1, order)
     best_i = best_i.masked_fill(torch.isinf(best_v) & (best_v < 0), -1)
     return best_v, best_i
-
-
-def _stable_topk(block: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-``k`` per row, ties broken by lower column index, as a full stable sort would: [b, g] -> [b, k] x 2.
-
-    ``torch.topk`` is much faster than sorting the row but picks arbitrarily among values tied with the k-th;
-    rows with such a tie fall back to a stable sort, and the rest are re-ordered (index, then value) so that
-    ties inside the top-k are also in index order.
-    """
-    v, i = block.topk(k, dim=1)  # sorted descending
-    ambiguous = (block >= v[:, -1:]).sum(dim=1) > k  # [b], ties at the boundary
-    if ambiguous.any():
-        rows = ambiguous.nonzero().flatten()
-        order = torch.sort(block[rows], dim=1, descending=True, stable=True).indices[:, :k]
-        v[rows], i[rows] = block[rows].gather(1, order), order
-    by_index = i.argsort(dim=1)
-    v, i = v.gather(1, by_index), i.gather(1, by_index)
-    by_value = torch.sort(v, dim=1, descending=True, stable=True).indices
-    return v.gather(1, by_value), i.gather(1, by_value)
