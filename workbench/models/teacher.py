@@ -138,3 +138,37 @@ class CrossEncoder(nn.Module):
 
     def config_dict(self) -> dict:
         return asdict(self.config)
+
+
+class PairScorer:
+    """Scores (image index, caption index) pairs of one split with a frozen teacher, encoding each image and caption
+    once (cached) so every pair only runs the fusion layers.
+
+    ``scorer(img long [P], cap long [P]) -> ITM logits float [P]``; ``scorer.probability(...)`` gives sigmoids.
+    """
+
+    def __init__(self, teacher: CrossEncoder, images: torch.Tensor, tokens: torch.Tensor, batch: int = 2048):
+        self.teacher, self.images, self.tokens, self.batch = teacher, images, tokens, batch
+        self._img: torch.Tensor | None = None
+        self._txt: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.pairs_scored = 0
+
+    @torch.no_grad()
+    def _encodings(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self._img is None:
+            self.teacher.eval()
+            self._img = torch.cat([self.teacher.encode_image(x) for x in self.images.split(self.batch)])
+            parts = [self.teacher.encode_text(t) for t in self.tokens.split(self.batch)]
+            self._txt = (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
+        return self._img, *self._txt
+
+    @torch.no_grad()
+    def __call__(self, img: torch.Tensor, cap: torch.Tensor) -> torch.Tensor:
+        enc_img, txt, pad = self._encodings()
+        img, cap = img.cpu(), cap.cpu()
+        out = [self.teacher.itm(enc_img[i], txt[c], pad[c]) for i, c in zip(img.split(self.batch), cap.split(self.batch))]
+        self.pairs_scored += len(img)
+        return torch.cat(out) if out else torch.empty(0)
+
+    def probability(self, img: torch.Tensor, cap: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self(img, cap))

@@ -22,6 +22,7 @@ from workbench.checks import check_float, check_int
 from workbench.data.nearmiss import NearMisses
 from workbench.data.world import SemanticRelation, Split
 from workbench.models.teacher import CrossEncoder
+from workbench.training.batches import own_captions
 from workbench.training.common import make_optimizer, multi_positive_itc, sample_hard, seed_everything
 
 
@@ -35,6 +36,7 @@ class TeacherTrainConfig:
     lr: float = 2e-3
     warmup: int = 200
     weight_itc: float = 1.0
+    weight_ground: float = 1.0  # grounding auxiliary loss: each mention's shape word predicts its object's cell
     eval_every: int = 250
     seed: int = 0
 
@@ -45,6 +47,7 @@ class TeacherTrainConfig:
         check_float("lr", self.lr, min_value=0.0, strict_min=True)
         check_int("warmup", self.warmup, min_value=0)
         check_float("weight_itc", self.weight_itc, min_value=0.0)
+        check_float("weight_ground", self.weight_ground, min_value=0.0)
         check_int("eval_every", self.eval_every, min_value=1)
 
 
@@ -56,21 +59,38 @@ def balanced_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return (F.binary_cross_entropy_with_logits(logits, labels, reduction="none") * weight).sum()
 
 
+def grounding_loss(model: CrossEncoder, fused: torch.Tensor, split: Split, cap: torch.Tensor) -> torch.Tensor:
+    """BCE of each mention's shape-word state predicting the cells of matching objects (own-image pairs only).
+
+    Args:
+        fused: float [B, T, d] fused states of (image, own caption) pairs; cap: long [B] caption indices.
+    """
+    positions, cells = split.grounding()
+    pos, target = positions[cap], cells[cap].float()  # [B, 2], [B, 2, 9]
+    has = pos >= 0
+    states = fused.gather(1, pos.clamp(min=0)[..., None].expand(-1, -1, fused.shape[-1]))  # [B, 2, d]
+    bce = F.binary_cross_entropy_with_logits(model.ground_head(states), target, reduction="none").mean(-1)
+    return (bce * has).sum() / has.sum().clamp(min=1)
+
+
 def binding_step(model: CrossEncoder, split: Split, near: NearMisses, img: torch.Tensor, cap: torch.Tensor,
-                 gen: torch.Generator) -> dict[str, torch.Tensor]:
+                 gen: torch.Generator, weight_ground: float) -> dict[str, torch.Tensor]:
     """Phase-1 losses for a batch of (image, own caption) index pairs [B]."""
     false_tokens, has = near.sample(cap, gen)
-    images = split.images[img[has]]
     tokens = torch.cat([split.tokens[cap[has]], false_tokens[has]])
-    enc_img = model.encode_image(images)
+    enc_img = model.encode_image(split.images[img[has]])
     txt, pad = model.encode_text(tokens)
-    logits = model.itm(enc_img.repeat(2, 1, 1), txt, pad)
-    labels = torch.cat([torch.ones(int(has.sum())), torch.zeros(int(has.sum()))])
-    return {"itm_loss": balanced_bce(logits, labels)}
+    fused = model.fuse(enc_img.repeat(2, 1, 1), txt, pad)
+    n = int(has.sum())
+    labels = torch.cat([torch.ones(n), torch.zeros(n)])
+    terms = {"itm_loss": balanced_bce(model.itm_from_fused(fused), labels)}
+    if weight_ground:
+        terms["ground_loss"] = weight_ground * grounding_loss(model, fused[:n], split, cap[has])
+    return terms
 
 
 def full_step(model: CrossEncoder, split: Split, near: NearMisses, img: torch.Tensor, cap: torch.Tensor,
-              gen: torch.Generator, weight_itc: float) -> dict[str, torch.Tensor]:
+              gen: torch.Generator, weight_itc: float, weight_ground: float) -> dict[str, torch.Tensor]:
     """Phase-2 losses (ITC + ITM on the hard-negative mix) for (image, own caption) index pairs [B]."""
     truth = SemanticRelation(split)
     enc_img = model.encode_image(split.images[img])
@@ -91,8 +111,12 @@ def full_step(model: CrossEncoder, split: Split, near: NearMisses, img: torch.Te
         torch.ones(len(img)), positive[b, hard_cap].float(), positive[hard_img, b].float(),
         truth.pairs(img, rand_cap).float(), torch.zeros(int(has.sum())),
     ])
-    itm = balanced_bce(model.itm(pairs_img, pairs_txt, pairs_pad), labels)
-    return {"itm_loss": itm, "itc_loss": weight_itc * multi_positive_itc(sim, positive)}
+    fused = model.fuse(pairs_img, pairs_txt, pairs_pad)
+    terms = {"itm_loss": balanced_bce(model.itm_from_fused(fused), labels),
+             "itc_loss": weight_itc * multi_positive_itc(sim, positive)}
+    if weight_ground:
+        terms["ground_loss"] = weight_ground * grounding_loss(model, fused[: len(img)], split, cap)
+    return terms
 
 
 Callback = Callable[[int, dict[str, float]], None]
@@ -110,12 +134,12 @@ def train_teacher(model: CrossEncoder, split: Split, near: NearMisses, cfg: Teac
     for step in steps:
         model.train()
         img = torch.randint(split.num_images, (cfg.batch,), generator=gen)
-        cap = _own_caption(split, img, gen)
+        cap = own_captions(split, img, gen)
         phase = "binding" if step < cfg.steps_binding else "full"
         if phase == "binding":
-            terms = binding_step(model, split, near, img, cap, gen)
+            terms = binding_step(model, split, near, img, cap, gen, cfg.weight_ground)
         else:
-            terms = full_step(model, split, near, img, cap, gen, cfg.weight_itc)
+            terms = full_step(model, split, near, img, cap, gen, cfg.weight_itc, cfg.weight_ground)
         loss = sum(terms.values())
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -132,13 +156,6 @@ def train_teacher(model: CrossEncoder, split: Split, near: NearMisses, cfg: Teac
                 cb(step + 1, row)
     model.eval()
     return history
-
-
-def _own_caption(split: Split, img: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """A uniformly random caption written for each image (images have ``captions_per_image`` captions each)."""
-    starts = torch.searchsorted(split.caption_image, img)
-    ends = torch.searchsorted(split.caption_image, img, right=True)
-    return starts + (torch.rand(len(img), generator=gen) * (ends - starts)).long()
 
 
 def config_dict(cfg: TeacherTrainConfig) -> dict:
