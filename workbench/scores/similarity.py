@@ -58,7 +58,8 @@ def topk_similarity(
     return torch.cat(values), torch.cat(indices)
 
 
-_NONE = torch.iinfo(torch.int64).min  # order key of "no candidate" (excluded or not yet seen)
+EMPTY_KEY = torch.iinfo(torch.int64).min
+"""The order key of "no candidate" (excluded, or not yet seen): below every real key."""
 _LOW32 = 0xFFFFFFFF
 
 
@@ -76,19 +77,22 @@ def order_key(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 
 def decode_order_key(key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inverse of :func:`order_key`: long [...] -> (values float32 [...], index long [...]); ``_NONE`` -> (-inf, -1)."""
+    """Inverse of :func:`order_key`: long [...] -> (values float32 [...], index long [...]).
+
+    ``EMPTY_KEY`` decodes to (-inf, -1).
+    """
     ordered = key >> 32
     bits = ordered ^ ((ordered >> 31) & 0x7FFFFFFF)
     values = bits.to(torch.int32).view(torch.float32)
     index = _LOW32 - (key & _LOW32)
-    none = key == _NONE
+    none = key == EMPTY_KEY
     return values.masked_fill(none, float("-inf")), index.masked_fill(none, -1)
 
 
 def _topk_rows(q, gallery, k, scale, exclude, q0, gallery_block):
     """Running top-k over gallery blocks for one block of queries: q [b, D] -> ([b, k], [b, k])."""
     b = q.shape[0]
-    best = torch.full((b, k), _NONE, dtype=torch.long, device=q.device)  # order keys [b, k]
+    best = torch.full((b, k), EMPTY_KEY, dtype=torch.long, device=q.device)  # order keys [b, k]
     q_idx = torch.arange(q0, q0 + b, device=q.device)
     buffer = None
     for g0 in range(0, gallery.shape[0], gallery_block):
@@ -132,4 +136,4 @@ def _block_topk_keys(block: torch.Tensor, g_idx: torch.Tensor, k: int) -> torch.
         exact = torch.topk(order_key(block[rows], g_idx), k, dim=1).indices
         pos[rows] = exact
         vals[rows] = block[rows].gather(1, exact)
-    return order_key(vals, g_idx[pos]).masked_fill(vals == float("-inf"), _NONE)
+    return order_key(vals, g_idx[pos]).masked_fill(vals == float("-inf"), EMPTY_KEY)
