@@ -252,3 +252,26 @@ def test_queue_state_round_trip_and_errors() -> None:
         queue.push(torch.randn(2, 4), torch.arange(2))
     with pytest.raises(ValueError, match=r"ids must have shape \(2,\)"):
         queue.push(torch.randn(2, 3), torch.arange(3))
+
+
+# --- CUDA parity (run with a GPU: pytest -m gpu) ----------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_results_equal_cpu_results() -> None:
+    images, captions = _int_embeddings(300, 8, 11), _int_embeddings(1500, 8, 12)
+    relation = ImageIdRelation(_caption_image(300, 5), 300)
+    for direction, (q, c) in {"i2t": (images, captions), "t2i": (captions, images)}.items():
+        exclude = relation_exclude(relation, direction)
+        cpu = mine_hard_negatives(q, c, 16, positives=exclude, query_block=64, gallery_block=500)
+        gpu = mine_hard_negatives(q.cuda(), c.cuda(), 16, positives=exclude, query_block=64, gallery_block=500)
+        assert torch.equal(gpu.indices.cpu(), cpu.indices) and torch.equal(gpu.scores.cpu(), cpu.scores)
+        easy_cpu = sample_easy_negatives(q, c, 8, beyond_rank=20, positives=exclude,
+                                         generator=torch.Generator().manual_seed(5))
+        easy_gpu = sample_easy_negatives(q.cuda(), c.cuda(), 8, beyond_rank=20, positives=exclude,
+                                         generator=torch.Generator().manual_seed(5))
+        assert torch.equal(easy_gpu.indices.cpu(), easy_cpu.indices)
+    queue = EmbeddingQueue(4, 8, device="cuda")
+    queue.push(images[:6].cuda(), torch.arange(6).cuda())
+    assert queue.tensors()[1].tolist() == [2, 3, 4, 5] and queue.tensors()[0].is_cuda

@@ -337,3 +337,14 @@ def test_two_processes_writing_concurrently_lose_nothing(tmp_path: Path) -> None
         assert found.all() and len(store) == 1500 and store.stats.corrupt == 0
         want_l, want_p = _true_scores(img, img % 97)
         assert torch.equal(logits, want_l) and torch.equal(probs, want_p)
+
+
+def test_empty_requests_and_ids_on_another_device(tmp_path: Path) -> None:
+    store = TeacherScoreStore(tmp_path / "s.sqlite", "fp", "ns")
+    teacher = _Teacher2()
+    logits, probs = store.get_or_compute(torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long), teacher)
+    assert logits.shape == probs.shape == (0,) and teacher.batches == [] and store.stats.requested == 0
+    if torch.cuda.is_available():
+        img = torch.tensor([3, 4], device="cuda")
+        logits, _ = store.get_or_compute(img, img, teacher)
+        assert logits.is_cuda and torch.equal(logits.cpu(), _true_scores(img.cpu(), img.cpu())[0].float())
