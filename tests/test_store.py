@@ -8,6 +8,7 @@ import os
 import sqlite3
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -149,11 +150,11 @@ def test_stats_are_exact_on_a_scripted_sequence(tmp_path: Path) -> None:
 
 
 def test_cache_merge_matches_a_dict_oracle() -> None:
-    g = torch.Generator().manual_seed(0)
-    keys, vals, oracle = torch.empty(0, dtype=torch.long), torch.empty(0, 2, dtype=torch.float64), {}
+    rng = np.random.default_rng(0)
+    keys, vals, oracle = np.empty(0, dtype=np.int64), np.empty((0, 2)), {}
     for _ in range(30):
-        new = torch.unique(torch.randint(0, 60, (int(torch.randint(1, 12, (1,), generator=g)),), generator=g))
-        new_vals = torch.randn(new.numel(), 2, generator=g, dtype=torch.float64)
+        new = np.unique(rng.integers(0, 60, rng.integers(1, 12)))
+        new_vals = rng.standard_normal((new.size, 2))
         keys, vals = _merge(keys, vals, new, new_vals)
         oracle.update({k: v for k, v in zip(new.tolist(), new_vals.tolist(), strict=True)})
         assert keys.tolist() == sorted(oracle) and vals.tolist() == [oracle[k] for k in sorted(oracle)]

@@ -11,7 +11,8 @@ teachers apart, so a teacher never sees another teacher's scores.
 
 Speed: training looks up ~2,000 pairs per step, so a warm lookup must be far below a millisecond. An in-process
 read cache sits in front of SQLite: int64 keys ``image_id * 2**32 + caption_id`` kept sorted in a tensor with
-the values beside them, searched with ``torch.searchsorted``. It is loaded lazily (the rows of this store's
+the values beside them, searched with a binary search (NumPy: single-threaded, so a busy CPU cannot stall it
+in a thread barrier the way small multi-threaded torch ops can). It is loaded lazily (the rows of this store's
 fingerprint and namespace, verified) and updated on every write. Misses fall through to SQLite (another process
 may have written them meanwhile), and what the teacher computes is written through, one transaction per batch.
 
@@ -153,6 +154,8 @@ class TeacherScoreStore:
         for name, value in (("fingerprint", fingerprint), ("namespace", namespace)):
             if not isinstance(value, str) or not value:
                 raise ValueError(f"{name} must be a non-empty str, got {value!r}")
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise ValueError(f"dtype must be a floating torch.dtype, got {dtype!r}")
         self.path, self.fingerprint, self.namespace = Path(path), fingerprint, namespace
         self.dtype, self.use_cache = dtype, bool(cache)
         self._stats = StoreStats()
@@ -163,8 +166,8 @@ class TeacherScoreStore:
         except BaseException:
             self._conn.close()
             raise
-        self._keys: torch.Tensor | None = None  # long [N], sorted; None until loaded
-        self._vals = torch.empty(0, 2, dtype=torch.float64)  # [N, 2] (logit, prob)
+        self._keys: np.ndarray | None = None  # int64 [N], sorted; None until loaded
+        self._vals = np.empty((0, 2), dtype=np.float64)  # [N, 2] (logit, prob)
 
     # --- public API -------------------------------------------------------------------------------------------
 
@@ -183,9 +186,9 @@ class TeacherScoreStore:
             ``(found bool [P], logits [P], probs [P])``; logits/probs are NaN where not found.
         """
         keys, device = _pair_keys(image_ids, caption_ids)
-        uniq, inverse = torch.unique(keys, return_inverse=True)
+        uniq, inverse = np.unique(keys, return_inverse=True)
         found, vals = self._find(uniq, inverse)
-        return found[inverse].to(device), *self._out(vals[inverse], device)
+        return torch.from_numpy(found[inverse]).to(device), *self._out(vals[inverse], device)
 
     def get_or_compute(
         self, image_ids: torch.Tensor, caption_ids: torch.Tensor, compute: ComputeFn, *, batch_size: int = 1024
@@ -203,10 +206,10 @@ class TeacherScoreStore:
         """
         check_int("batch_size", batch_size, min_value=1)
         keys, device = _pair_keys(image_ids, caption_ids)
-        uniq, inverse = torch.unique(keys, return_inverse=True)
+        uniq, inverse = np.unique(keys, return_inverse=True)
         found, vals = self._find(uniq, inverse)
-        missing = torch.nonzero(~found).flatten()
-        for start in range(0, missing.numel(), batch_size):
+        missing = np.flatnonzero(~found)
+        for start in range(0, missing.size, batch_size):
             rows = missing[start : start + batch_size]
             vals[rows] = self._compute_and_store(uniq[rows], compute)
         return self._out(vals[inverse], device)
@@ -216,7 +219,7 @@ class TeacherScoreStore:
     ) -> None:
         """Store scores (overwriting existing rows of the same pairs). All long/float [P]."""
         keys, _ = _pair_keys(image_ids, caption_ids)
-        vals = _check_scores(logits, probs, keys.numel(), "put")
+        vals = _check_scores(logits, probs, keys.size, "put")
         uniq, first = _last_of_each(keys)
         self._write(uniq, vals[first])
 
@@ -240,23 +243,26 @@ class TeacherScoreStore:
 
     # --- lookup -------------------------------------------------------------------------------------------------
 
-    def _find(self, uniq: torch.Tensor, inverse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Look up distinct keys long [U] (cache, then SQLite); count hits/misses per requested pair [P]."""
+    def _find(self, uniq: np.ndarray, inverse: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Look up sorted distinct keys int64 [U] (cache, then SQLite): (found bool [U], values float64 [U, 2]).
+
+        Counts hits/misses per requested pair (``inverse`` [P] maps requests to ``uniq``).
+        """
         start = time.perf_counter()
-        found = torch.zeros(uniq.numel(), dtype=torch.bool)
-        vals = torch.full((uniq.numel(), 2), float("nan"), dtype=torch.float64)
+        found = np.zeros(uniq.size, dtype=bool)
+        vals = np.full((uniq.size, 2), np.nan)
         if self.use_cache:
             self._load_cache()
             found, vals = _search(self._keys, self._vals, uniq)
         corrupt = 0
         if not found.all():
-            rows = torch.nonzero(~found).flatten()
+            rows = np.flatnonzero(~found)
             got, got_vals, corrupt = self._select(uniq[rows])
             found[rows[got]], vals[rows[got]] = True, got_vals
             if self.use_cache and got.any():
                 self._keys, self._vals = _merge(self._keys, self._vals, uniq[rows[got]], got_vals)
         hits = int(found[inverse].sum())
-        self._bump(hits=hits, misses=inverse.numel() - hits, corrupt=corrupt,
+        self._bump(hits=hits, misses=inverse.size - hits, corrupt=corrupt,
                    seconds_lookup=time.perf_counter() - start)
         return found, vals
 
@@ -269,11 +275,11 @@ class TeacherScoreStore:
         ).fetchall()
         img, cap, vals, ok = self._verify(rows)
         keys = img[ok] * 2**32 + cap[ok]
-        order = torch.argsort(keys)
+        order = np.argsort(keys, kind="stable")
         self._keys, self._vals = keys[order], vals[ok][order]
 
-    def _select(self, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """Query SQLite for keys long [m]: (found bool [m], values float64 [f, 2] of the found, corrupt count)."""
+    def _select(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+        """Query SQLite for sorted keys int64 [m]: (found bool [m], values float64 [f, 2] of the found, corrupt)."""
         img, cap = keys // 2**32, keys % 2**32
         conn = self._conn
         conn.execute("CREATE TEMP TABLE IF NOT EXISTS wanted (image_id INTEGER NOT NULL, caption_id INTEGER NOT NULL)")
@@ -289,26 +295,24 @@ class TeacherScoreStore:
         finally:
             conn.execute("COMMIT")
         r_img, r_cap, r_vals, ok = self._verify(rows)
-        got_keys = r_img[ok] * 2**32 + r_cap[ok]
-        found_vals = torch.full((keys.numel(), 2), float("nan"), dtype=torch.float64)
-        pos = torch.searchsorted(keys, got_keys)  # keys are sorted (torch.unique)
+        pos = np.searchsorted(keys, r_img[ok] * 2**32 + r_cap[ok])  # keys are sorted (np.unique)
+        found_vals = np.full((keys.size, 2), np.nan)
         found_vals[pos] = r_vals[ok]
-        found = torch.zeros(keys.numel(), dtype=torch.bool)
+        found = np.zeros(keys.size, dtype=bool)
         found[pos] = True
         return found, found_vals[found], int((~ok).sum())
 
-    def _verify(self, rows: list[tuple]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _verify(self, rows: list[tuple]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Rows (img, cap, logit, prob, checksum) -> (img [n], cap [n], values float64 [n, 2], ok bool [n])."""
         if not rows:
-            empty = torch.empty(0, dtype=torch.long)
-            return empty, empty, torch.empty(0, 2, dtype=torch.float64), torch.empty(0, dtype=torch.bool)
+            empty = np.empty(0, dtype=np.int64)
+            return empty, empty, np.empty((0, 2)), np.empty(0, dtype=bool)
         img, cap, logit, prob, check = zip(*rows, strict=True)
         img, cap, check = (np.array(c, dtype=np.int64) for c in (img, cap, check))
         logit, prob = (np.array(c, dtype=np.float64) for c in (logit, prob))  # NULL (damaged cell) -> NaN
         ok = np.isfinite(logit) & np.isfinite(prob) & (check == self._checksums(img, cap, logit, prob))
         ok &= (img >= 0) & (img < ID_LIMIT) & (cap >= 0) & (cap < ID_LIMIT)
-        values = torch.from_numpy(np.stack([logit, prob], axis=1))
-        return torch.from_numpy(img), torch.from_numpy(cap), values, torch.from_numpy(ok)
+        return img, cap, np.stack([logit, prob], axis=1), ok
 
     def _checksums(self, img: np.ndarray, cap: np.ndarray, logit: np.ndarray, prob: np.ndarray) -> np.ndarray:
         """int64 [n]: a chained splitmix64 hash of (fingerprint+namespace, image, caption, logit bits, prob bits).
@@ -323,23 +327,23 @@ class TeacherScoreStore:
 
     # --- compute and write --------------------------------------------------------------------------------------
 
-    def _compute_and_store(self, keys: torch.Tensor, compute: ComputeFn) -> torch.Tensor:
-        """Call the teacher on distinct keys long [p], store the result, return values float64 [p, 2]."""
+    def _compute_and_store(self, keys: np.ndarray, compute: ComputeFn) -> np.ndarray:
+        """Call the teacher on distinct keys int64 [p], store the result, return values float64 [p, 2]."""
         start = time.perf_counter()
         with torch.no_grad():
-            out = compute(keys // 2**32, keys % 2**32)
+            out = compute(torch.from_numpy(keys // 2**32), torch.from_numpy(keys % 2**32))
         if not (isinstance(out, tuple | list) and len(out) == 2):
             raise TypeError(f"compute must return a pair (logits [p], probs [p]), got {type(out).__name__}")
-        vals = _check_scores(out[0], out[1], keys.numel(), "compute")
-        self._bump(teacher_calls=1, computed_pairs=keys.numel(), seconds_compute=time.perf_counter() - start)
+        vals = _check_scores(out[0], out[1], keys.size, "compute")
+        self._bump(teacher_calls=1, computed_pairs=keys.size, seconds_compute=time.perf_counter() - start)
         self._write(keys, vals)
         return vals
 
-    def _write(self, keys: torch.Tensor, vals: torch.Tensor) -> None:
-        """Upsert distinct keys long [p] (sorted) with values float64 [p, 2] in one transaction; update the cache."""
+    def _write(self, keys: np.ndarray, vals: np.ndarray) -> None:
+        """Upsert sorted distinct keys int64 [p] with values float64 [p, 2] in one transaction; update the cache."""
         start = time.perf_counter()
-        img, cap = (keys // 2**32).numpy(), (keys % 2**32).numpy()
-        logit, prob = vals[:, 0].numpy(), vals[:, 1].numpy()
+        img, cap = keys // 2**32, keys % 2**32
+        logit, prob = vals[:, 0], vals[:, 1]
         check = self._checksums(img, cap, logit, prob)
         rows = list(zip([self._scope] * len(img), img.tolist(), cap.tolist(), logit.tolist(), prob.tolist(),
                         check.tolist(), strict=True))
@@ -361,9 +365,12 @@ class TeacherScoreStore:
     def _bump(self, **delta: float) -> None:
         self._stats = replace(self._stats, **{k: getattr(self._stats, k) + v for k, v in delta.items()})
 
-    def _out(self, vals: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        vals = vals.to(device=device, dtype=self.dtype)
-        return vals[:, 0], vals[:, 1]
+    def _out(self, vals: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """float64 [P, 2] -> (logits [P], probs [P]) of ``self.dtype`` on ``device``."""
+        as_numpy = {torch.float32: np.float32, torch.float64: np.float64}.get(self.dtype, np.float64)
+        with np.errstate(over="ignore"):  # a float64 beyond float32's range becomes inf, as torch would make it
+            out = torch.from_numpy(np.ascontiguousarray(vals.T, dtype=as_numpy)).to(device=device, dtype=self.dtype)
+        return out[0], out[1]  # [2, P] -> two [P]
 
 
 # --- SQLite helpers ---------------------------------------------------------------------------------------------
@@ -461,72 +468,62 @@ def _retry(action: Callable[[], Any], attempts: int = 20) -> Any:
 # --- keys, values and the sorted cache --------------------------------------------------------------------------
 
 
-def _pair_keys(image_ids: torch.Tensor, caption_ids: torch.Tensor) -> tuple[torch.Tensor, torch.device]:
-    """Validate ids long [P] and return (CPU keys ``img * 2**32 + cap`` long [P], the ids' device)."""
+def _pair_keys(image_ids: torch.Tensor, caption_ids: torch.Tensor) -> tuple[np.ndarray, torch.device]:
+    """Validate ids long [P] and return (keys ``img * 2**32 + cap`` int64 [P], the ids' device)."""
     check_tensor("image_ids", image_ids, ndim=1, dtype="int")
     check_tensor("caption_ids", caption_ids, shape=tuple(image_ids.shape), dtype="int")
-    img, cap = image_ids.detach().to("cpu", torch.long), caption_ids.detach().to("cpu", torch.long)
+    img, cap = (x.detach().cpu().numpy().astype(np.int64, copy=False) for x in (image_ids, caption_ids))
     for name, ids in (("image_ids", img), ("caption_ids", cap)):
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= ID_LIMIT):
+        if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= ID_LIMIT):
             raise ValueError(f"{name} must lie in [0, 2**31), got values in [{int(ids.min())}, {int(ids.max())}]")
     return img * 2**32 + cap, image_ids.device
 
 
-def _check_scores(logits: Any, probs: Any, p: int, source: str) -> torch.Tensor:
-    """Validate teacher outputs (float [p] each, finite, probs in [0, 1]) -> CPU float64 [p, 2]."""
+def _check_scores(logits: Any, probs: Any, p: int, source: str) -> np.ndarray:
+    """Validate teacher outputs (float [p] each, finite, probs in [0, 1]) -> float64 [p, 2]."""
     out = []
     for name, x in (("logits", logits), ("probs", probs)):
         check_tensor(f"{source} {name}", x, dtype="float")
         if tuple(x.shape) != (p,):
             raise ValueError(f"{source} must give {name} of shape ({p},) for {p} pairs, got {tuple(x.shape)}")
-        x = x.detach().to("cpu", torch.float64) + 0.0  # + 0.0: -0.0 -> 0.0 (SQLite may store it as integer 0)
-        if not torch.isfinite(x).all():
-            raise ValueError(f"{source} gave {int((~torch.isfinite(x)).sum())} non-finite {name}; nothing was stored")
+        x = x.detach().cpu().numpy().astype(np.float64) + 0.0  # + 0.0: -0.0 -> 0.0 (SQLite may store it as int 0)
+        if not np.isfinite(x).all():
+            raise ValueError(f"{source} gave {int((~np.isfinite(x)).sum())} non-finite {name}; nothing was stored")
         out.append(x)
     if ((out[1] < 0) | (out[1] > 1)).any():
         raise ValueError(f"{source} gave probs outside [0, 1] (min {out[1].min():.4g}, max {out[1].max():.4g})")
-    return torch.stack(out, dim=1)
+    return np.stack(out, axis=1)
 
 
-def _last_of_each(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Distinct sorted keys long [U] and, for each, the position of its last occurrence in ``keys`` [P]."""
-    uniq, inverse = torch.unique(keys, return_inverse=True)
-    pos = torch.arange(keys.numel())
-    last = torch.full((uniq.numel(),), -1, dtype=torch.long).scatter_reduce(0, inverse, pos, "amax")
-    return uniq, last
+def _last_of_each(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted distinct keys int64 [U] and, for each, the position of its last occurrence in ``keys`` [P]."""
+    reverse = keys[::-1]
+    uniq, first_in_reverse = np.unique(reverse, return_index=True)
+    return uniq, keys.size - 1 - first_in_reverse
 
 
-def _search(keys: torch.Tensor, vals: torch.Tensor, wanted: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sorted cache lookup: wanted long [U] -> (found bool [U], values float64 [U, 2], NaN where not found)."""
-    if keys.numel() == 0:
-        return torch.zeros(wanted.numel(), dtype=torch.bool), torch.full((wanted.numel(), 2), float("nan"),
-                                                                         dtype=torch.float64)
-    pos = torch.searchsorted(keys, wanted).clamp(max=keys.numel() - 1)
+def _search(keys: np.ndarray, vals: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted cache lookup: wanted int64 [U] -> (found bool [U], values float64 [U, 2], NaN where not found)."""
+    if keys.size == 0:
+        return np.zeros(wanted.size, dtype=bool), np.full((wanted.size, 2), np.nan)
+    pos = np.minimum(np.searchsorted(keys, wanted), keys.size - 1)
     found = keys[pos] == wanted
     out = vals[pos]
-    out[~found] = float("nan")
+    out[~found] = np.nan
     return found, out
 
 
-def _merge(keys: torch.Tensor, vals: torch.Tensor, new_keys: torch.Tensor, new_vals: torch.Tensor):
+def _merge(keys: np.ndarray, vals: np.ndarray, new_keys: np.ndarray, new_vals: np.ndarray):
     """Insert sorted distinct ``new_keys`` [m] (values [m, 2]) into the sorted cache, overwriting equal keys."""
-    pos = torch.searchsorted(keys, new_keys)
-    exists = torch.zeros_like(new_keys, dtype=torch.bool)
-    inside = pos < keys.numel()
+    pos = np.searchsorted(keys, new_keys)
+    exists = np.zeros(new_keys.size, dtype=bool)
+    inside = pos < keys.size
     exists[inside] = keys[pos[inside]] == new_keys[inside]
-    vals = vals.clone()
-    vals[pos[exists]] = new_vals[exists]
-    add_keys, add_pos = new_keys[~exists], pos[~exists]
-    if add_keys.numel() == 0:
+    vals[pos[exists]] = new_vals[exists]  # in place: lookups hand out copies, never views
+    add = ~exists
+    if not add.any():
         return keys, vals
-    dest = add_pos + torch.arange(add_keys.numel())  # final slots of the inserted keys
-    old = torch.ones(keys.numel() + add_keys.numel(), dtype=torch.bool)
-    old[dest] = False
-    merged_keys = torch.empty(old.numel(), dtype=torch.long)
-    merged_vals = torch.empty(old.numel(), 2, dtype=torch.float64)
-    merged_keys[old], merged_vals[old] = keys, vals
-    merged_keys[dest], merged_vals[dest] = add_keys, new_vals[~exists]
-    return merged_keys, merged_vals
+    return np.insert(keys, pos[add], new_keys[add]), np.insert(vals, pos[add], new_vals[add], axis=0)
 
 
 _M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
