@@ -10,7 +10,7 @@ overlapping ids apart; the fingerprint (:func:`~workbench.scores.fingerprint.fin
 teachers apart, so a teacher never sees another teacher's scores.
 
 Speed: training looks up ~2,000 pairs per step, so a warm lookup must be far below a millisecond. An in-process
-read cache sits in front of SQLite: int64 keys ``image_id * 2**32 + caption_id`` kept sorted in a tensor with
+read cache sits in front of SQLite: int64 keys ``image_id * 2**32 + caption_id`` kept sorted in an array with
 the values beside them, searched with a binary search (NumPy: single-threaded, so a busy CPU cannot stall it
 in a thread barrier the way small multi-threaded torch ops can). It is loaded lazily (the rows of this store's
 fingerprint and namespace, verified) and updated on every write. Misses fall through to SQLite (another process
@@ -22,7 +22,9 @@ A file that is not a store raises ``ValueError`` when opened. Committed rows sur
 
 Concurrency: several processes (data-parallel ranks) may share a file. Each opens its own store; writes are
 short ``BEGIN IMMEDIATE`` transactions with ``ON CONFLICT DO UPDATE``, under a busy timeout, retried when SQLite
-reports the database locked. Do not share one store object across processes (open one per process).
+reports the database locked. Two ranks that miss the same pair at the same moment may both compute it (the same
+teacher gives the same values; the last write wins). Do not share one store object across processes (open one
+per process).
 """
 
 from __future__ import annotations
