@@ -64,6 +64,9 @@ class ImageIdRelation(PairRelation):
     def pairs(self, img: torch.Tensor, cap: torch.Tensor) -> torch.Tensor:
         return self.caption_image.to(cap.device)[cap] == img
 
+    def block(self, img: torch.Tensor, cap: torch.Tensor) -> torch.Tensor:
+        return self.caption_image.to(cap.device)[cap][None, :] == img[:, None]
+
     def captions_of(self, img: torch.Tensor) -> list[torch.Tensor]:
         """For each image index, the long tensor of its own captions' indices."""
         return [torch.nonzero(self.caption_image == i).flatten() for i in img.tolist()]
