@@ -232,7 +232,7 @@ class Split:
     caption_ids: torch.Tensor
     fact_ids: torch.Tensor = field(init=False)
     _tables: tuple[torch.Tensor, torch.Tensor] | None = field(init=False, default=None, repr=False)
-    _grounding: tuple[torch.Tensor, torch.Tensor] | None = field(init=False, default=None, repr=False)
+    _grounding: tuple[torch.Tensor, ...] | None = field(init=False, default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.fact_ids = caption_fact_ids(self.captions)
@@ -274,12 +274,14 @@ class Split:
         """Graded relevance float [q, c] for all pairs of ``img`` [q] x ``cap`` [c]."""
         return self.true_facts_block(img, cap).float() / self.num_facts[cap].float()
 
-    def grounding(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def grounding(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Where each caption's objects are in its own image (for the teacher's grounding auxiliary loss).
 
         Returns:
             (positions long [M, 2]: token index of each mention's shape word in written order, -1 if none;
-             cells bool [M, 2, 9]: grid cells holding an object that matches that mention).
+             cells bool [M, 2, 9]: grid cells holding an object that matches that mention;
+             layout long [M]: where the 2nd mentioned object is relative to the 1st, as 3 * (row sign + 1) +
+             (col sign + 1) in 0..8, or -1 when a mention matches several objects).
         """
         if self._grounding is None:
             self._grounding = _grounding_targets(self)
@@ -290,8 +292,9 @@ class Split:
         return {"semantic": SemanticRelation(self), "coco": ImageIdRelation(self.caption_image, self.num_images)}
 
 
-def _grounding_targets(split: Split) -> tuple[torch.Tensor, torch.Tensor]:
+def _grounding_targets(split: Split) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     positions = torch.full((split.num_captions, 2), -1, dtype=torch.long)
+    layout = torch.full((split.num_captions,), -1, dtype=torch.long)
     cells = torch.zeros(split.num_captions, 2, GRID * GRID, dtype=torch.bool)
     shape_words = {w for options in grammar.SHAPE_WORDS.values() for w in options}
     for c, text in enumerate(split.texts):
@@ -301,7 +304,11 @@ def _grounding_targets(split: Split) -> tuple[torch.Tensor, torch.Tensor]:
             positions[c, j] = where[j]
             for o in scene.objects:
                 cells[c, j, o.row * GRID + o.col] |= mention.matches(o)
-    return positions, cells
+        if positions[c, 1] >= 0 and cells[c, 0].sum() == 1 and cells[c, 1].sum() == 1:
+            (a,), (b,) = cells[c, 0].nonzero()[:, 0].tolist(), cells[c, 1].nonzero()[:, 0].tolist()
+            dr, dc = (b // GRID > a // GRID) - (b // GRID < a // GRID), (b % GRID > a % GRID) - (b % GRID < a % GRID)
+            layout[c] = 3 * (dr + 1) + (dc + 1)
+    return positions, cells, layout
 
 
 class SemanticRelation(PairRelation):

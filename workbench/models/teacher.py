@@ -22,6 +22,7 @@ from torch import nn
 from workbench.checks import check_choice, check_int
 from workbench.data.grammar import MAX_WORDS, PAD, VOCAB
 from workbench.models.layers import Block, TextEmbedding
+from workbench.data.scene import GRID
 from workbench.models.stem import NUM_PATCHES, PatchStem, StemConfig
 
 
@@ -38,6 +39,7 @@ class TeacherConfig:
     fusion_layers: int = 3
     prev_token: bool = True
     embed_dim: int = 64  # ITC embedding size
+    factorized_pos: bool = True  # cell position embedding = row embedding + column embedding
     stem: StemConfig = StemConfig()
 
     def __post_init__(self) -> None:
@@ -67,7 +69,11 @@ class CrossEncoder(nn.Module):
         self.stem = stem or PatchStem(c.stem)
         self.stem.requires_grad_(False)
         self.patch_proj = nn.Linear(c.stem.dim, c.dim)
-        self.patch_pos = nn.Parameter(torch.randn(NUM_PATCHES, c.dim) * 0.5)
+        if c.factorized_pos:
+            self.row_pos = nn.Parameter(torch.randn(GRID, 1, c.dim) * 0.5)
+            self.col_pos = nn.Parameter(torch.randn(1, GRID, c.dim) * 0.5)
+        else:
+            self.patch_pos = nn.Parameter(torch.randn(NUM_PATCHES, c.dim) * 0.5)
         self.image_blocks = nn.ModuleList(Block(c.dim, c.heads, c.mlp) for _ in range(c.image_layers))
         self.text_embed = TextEmbedding(len(VOCAB), MAX_WORDS + 1, c.dim, prev_token=c.prev_token)
         self.text_blocks = nn.ModuleList(Block(c.dim, c.heads, c.mlp) for _ in range(c.text_layers))
@@ -76,6 +82,7 @@ class CrossEncoder(nn.Module):
         self.fusion_blocks = nn.ModuleList(Block(c.dim, c.heads, c.mlp, cross=cross) for _ in range(c.fusion_layers))
         self.itm_head = nn.Sequential(nn.LayerNorm(c.dim), nn.Linear(c.dim, c.dim), nn.GELU(), nn.Linear(c.dim, 1))
         self.ground_head = nn.Sequential(nn.LayerNorm(c.dim), nn.Linear(c.dim, NUM_PATCHES))
+        self.layout_head = nn.Sequential(nn.LayerNorm(c.dim), nn.Linear(c.dim, 9))
         self.itc_image = nn.Sequential(nn.LayerNorm(c.dim), nn.Linear(c.dim, c.embed_dim))
         self.itc_text = nn.Sequential(nn.LayerNorm(c.dim), nn.Linear(c.dim, c.embed_dim))
         self.itc_log_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
@@ -84,10 +91,16 @@ class CrossEncoder(nn.Module):
         """float [N, 3, 24, 24] -> patch encodings float [N, 9, d]."""
         with torch.no_grad():
             feats = self.stem(images)
-        x = self.patch_proj(feats) + self.patch_pos
+        x = self.patch_proj(feats) + self.cell_positions()
         for block in self.image_blocks:
             x = block(x)
         return x
+
+    def cell_positions(self) -> torch.Tensor:
+        """float [9, d] position embedding of each grid cell (row-major)."""
+        if self.config.factorized_pos:
+            return (self.row_pos + self.col_pos).reshape(NUM_PATCHES, -1)
+        return self.patch_pos
 
     def encode_text(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """long [M, T] -> (word encodings float [M, T, d], padding bool [M, T])."""

@@ -1,0 +1,97 @@
+"""Building the ScoreBatches a training step's losses consume: in-batch ITC slates and mined distillation slates.
+
+Distillation slate of a query (one per direction): its own positive, then K negatives from the mining pool,
+``[pos, n_1 .. n_K]``; student scores carry gradients (through the query; through the candidate too when it is
+in the batch), teacher scores come from the store. Pools:
+
+- ``batch``: the batch's other candidates (the paper's in-batch setting);
+- ``queue``: the batch plus a FIFO of recent candidate embeddings (detached);
+- ``gallery``: the whole training split, re-embedded every ``refresh_every`` steps (detached).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from workbench.data.relations import PairRelation
+from workbench.losses import ScoreBatch
+from workbench.scores.mining import Mined, mine_hard_negatives, relation_exclude, sample_easy_negatives
+from workbench.training.config import FitConfig
+
+
+@dataclass
+class Side:
+    """One direction's view of a batch: queries and the candidate pool.
+
+    Attributes:
+        query: float [B, E] query embeddings (grad); query_ids: long [B] split indices.
+        own: float [B, E] each query's own positive (grad), the paired caption / image.
+        pool: float [C, E] candidate embeddings (grad for the batch part); pool_ids: long [C] split indices.
+        direction: "i2t" or "t2i".
+    """
+
+    query: torch.Tensor
+    query_ids: torch.Tensor
+    own: torch.Tensor
+    own_ids: torch.Tensor
+    pool: torch.Tensor
+    pool_ids: torch.Tensor
+    direction: str
+
+    def pair_ids(self, cand_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(image idx, caption idx) of every (query, candidate) pair: cand_ids long [B, L] -> two long [B, L]."""
+        q = self.query_ids[:, None].expand_as(cand_ids)
+        return (q, cand_ids) if self.direction == "i2t" else (cand_ids, q)
+
+
+def itc_batch(sim: torch.Tensor, positive: torch.Tensor) -> ScoreBatch:
+    """In-batch ITC slates: every query's slate is every candidate of the batch. sim float [B, C], positive bool."""
+    return ScoreBatch(student=sim, positive=positive)
+
+
+def mine(side: Side, cfg: FitConfig, relation: PairRelation, scale: torch.Tensor, gen: torch.Generator) -> Mined:
+    """K negatives per query from the pool, positives (per ``relation``) excluded; hard or easy per ``cfg``."""
+    exclude = relation_exclude(relation, side.direction, query_ids=side.query_ids, candidate_ids=side.pool_ids)
+    query, pool = side.query.detach().float(), side.pool.detach().float()
+    if cfg.negatives == "easy":
+        return sample_easy_negatives(query, pool, cfg.k, beyond_rank=cfg.easy_rank, positives=exclude,
+                                     generator=gen, scale=scale.detach())
+    return mine_hard_negatives(query, pool, cfg.k, positives=exclude, scale=scale.detach())
+
+
+def distill_batch(side: Side, cfg: FitConfig, relation: PairRelation, scale: torch.Tensor, teacher,
+                  gen: torch.Generator) -> ScoreBatch:
+    """The distillation ScoreBatch of one direction: ``[own positive, K mined]`` (or the whole batch for "all")."""
+    if cfg.negatives == "all":
+        cand = torch.arange(len(side.pool_ids), device=side.query.device).expand(len(side.query), -1)
+        valid = torch.ones_like(cand, dtype=torch.bool)
+        s = scale * side.query @ side.pool.T
+        ids = side.pool_ids[cand]
+        positive = _truth(side, relation, ids)
+    else:
+        mined = mine(side, cfg, relation, scale, gen)
+        rows = mined.indices.clamp(min=0)
+        s_neg = scale * (side.query[:, None, :] * side.pool[rows]).sum(-1)  # [B, K]
+        s_pos = scale * (side.query * side.own).sum(-1, keepdim=True)  # [B, 1]
+        s = torch.cat([s_pos, s_neg.masked_fill(~mined.valid, 0.0)], 1)
+        ids = torch.cat([side.own_ids[:, None], side.pool_ids[rows]], 1)
+        valid = torch.cat([torch.ones_like(mined.valid[:, :1]), mined.valid], 1)
+        positive = torch.zeros_like(valid)
+        positive[:, 0] = True
+    u = teacher_view(teacher, side, ids, cfg) if teacher is not None else None
+    return ScoreBatch(student=s.float(), positive=positive, teacher=u, valid=valid)
+
+
+def _truth(side: Side, relation: PairRelation, cand_ids: torch.Tensor) -> torch.Tensor:
+    img, cap = side.pair_ids(cand_ids)
+    return relation.pairs(img.flatten(), cap.flatten()).reshape(cand_ids.shape)
+
+
+def teacher_view(teacher, side: Side, cand_ids: torch.Tensor, cfg: FitConfig) -> torch.Tensor:
+    """Teacher scores float [B, L] for the slate's pairs, as the losses should see them (logit/probability/tempered)."""
+    img, cap = side.pair_ids(cand_ids)
+    logits, probs = teacher(img.flatten(), cap.flatten())
+    u = {"logit": logits, "probability": probs, "tempered": logits / cfg.teacher_temperature}[cfg.teacher_output]
+    return u.reshape(cand_ids.shape).float()
