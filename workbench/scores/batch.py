@@ -22,6 +22,10 @@ class ScoreBatch:
         teacher: float [B, L] teacher scores for the same entries, or ``None`` (losses needing no teacher).
         positive: bool [B, L], True where the entry truly matches the query.
         valid: bool [B, L], True where the entry exists (False = padding); ``None`` means all True.
+
+    Raises:
+        ValueError: a shape or dtype mismatch, ``B == 0``, tensors on different devices, or NaN/inf in
+            ``student`` or ``teacher`` on a valid entry (padding may hold anything).
     """
 
     student: torch.Tensor
@@ -31,12 +35,18 @@ class ScoreBatch:
 
     def __post_init__(self) -> None:
         s = check_tensor("student", self.student, ndim=2, dtype="float")
+        if s.shape[0] == 0:
+            raise ValueError(f"student must have at least one row (query), got shape {tuple(s.shape)}")
         shape = tuple(s.shape)
         check_tensor("positive", self.positive, shape=shape, dtype="bool")
         if self.teacher is not None:
             check_tensor("teacher", self.teacher, shape=shape, dtype="float")
         if self.valid is not None:
             check_tensor("valid", self.valid, shape=shape, dtype="bool")
+        for name in ("positive", "teacher", "valid"):
+            other = getattr(self, name)
+            if other is not None and other.device != s.device:
+                raise ValueError(f"{name} must be on the student's device {s.device}, got {other.device}")
         mask = self.mask
         _check_finite("student", s, mask)
         if self.teacher is not None:
@@ -64,4 +74,8 @@ class ScoreBatch:
 def _check_finite(name: str, x: torch.Tensor, mask: torch.Tensor) -> None:
     bad = ~torch.isfinite(x.detach()) & mask
     if bad.any():
-        raise ValueError(f"{name} must be finite on valid entries, got {int(bad.sum())} NaN/inf value(s)")
+        row, col = (int(i) for i in bad.nonzero()[0])
+        raise ValueError(
+            f"{name} must be finite on valid entries, got {int(bad.sum())} NaN/inf value(s) "
+            f"(first: {name}[{row}, {col}] = {x[row, col].item()})"
+        )
