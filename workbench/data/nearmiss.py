@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from workbench.data import grammar
-from workbench.data.world import PERTURBATIONS, Split, caption_fact_ids, count_true_facts, perturb
+from workbench.data.world import TRAINING_PERTURBATIONS, Split, caption_fact_ids, count_true_facts, perturb
 
 
 @dataclass
@@ -50,7 +50,7 @@ class NearMisses:
         return count_true_facts(m[img], r[img], ids) == (ids >= 0).sum(-1)
 
 
-def build_near_misses(split: Split, seed: int = 0, kinds: tuple[str, ...] = PERTURBATIONS) -> NearMisses:
+def build_near_misses(split: Split, seed: int = 0, kinds: tuple[str, ...] = TRAINING_PERTURBATIONS) -> NearMisses:
     """One near-miss per (caption, kind), rendered with the same random draws as the true caption's re-rendering."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0x4E4D]))
     texts, specs, available = [], [], torch.zeros(split.num_captions, len(kinds), dtype=torch.bool)

@@ -21,6 +21,8 @@ from workbench.data.render import render_scene
 from workbench.data.scene import COLOURS, GRID, SHAPES, SIZES, CaptionSpec, Mention, Obj, Scene, relation_holds
 
 PERTURBATIONS = ("swap_colour", "swap_shape", "flip_relation", "change_attribute")
+# For training the teacher: change_attribute split by attribute, so sizes (rarely named) get their share.
+TRAINING_PERTURBATIONS = ("swap_colour", "swap_shape", "flip_relation", "change_colour", "change_shape", "change_size")
 SPLITS = ("train", "val", "test")
 MAX_OBJECTS = 3
 
@@ -110,7 +112,7 @@ def perturb(scene: Scene, spec: CaptionSpec, kind: str, rng: np.random.Generator
 
     Kinds: ``swap_colour`` / ``swap_shape`` between the two mentions (same words, wrong binding),
     ``flip_relation`` (arguments swapped: same words, wrong relation), ``change_attribute`` (one colour, shape or
-    size replaced by another value).
+    size replaced by another value); ``change_colour`` / ``change_shape`` / ``change_size`` force the attribute.
     """
     m = spec.mentions
     if kind == "swap_colour" and len(m) == 2 and None not in (m[0].colour, m[1].colour):
@@ -123,20 +125,32 @@ def perturb(scene: Scene, spec: CaptionSpec, kind: str, rng: np.random.Generator
         new = CaptionSpec(m[::-1], spec.relation)
     elif kind == "change_attribute":
         new = _change_attribute(spec, rng)
+    elif kind.startswith("change_") and kind in TRAINING_PERTURBATIONS:
+        new = _change_attribute(spec, rng, kind.removeprefix("change_"))
+        if new is None:
+            return None
     elif kind in PERTURBATIONS:
         return None
     else:
-        raise ValueError(f"kind must be one of {PERTURBATIONS}, got {kind!r}")
+        raise ValueError(f"kind must be one of {PERTURBATIONS + TRAINING_PERTURBATIONS[3:]}, got {kind!r}")
     from workbench.data.scene import relevance
 
     return new if relevance(scene, new) < 1.0 else None
 
 
-def _change_attribute(spec: CaptionSpec, rng: np.random.Generator) -> CaptionSpec:
+def _change_attribute(spec: CaptionSpec, rng: np.random.Generator, attr: str | None = None) -> CaptionSpec | None:
+    """Replace one attribute (``attr``, or a random named one) of one random mention; None if not named."""
     j = int(rng.integers(len(spec.mentions)))
     m = spec.mentions[j]
     options = ["shape"] + [a for a in ("colour", "size") if getattr(m, a) is not None]
-    attr = options[rng.integers(len(options))]
+    if attr is None:
+        attr = options[rng.integers(len(options))]
+    elif attr not in options:
+        others = [i for i, x in enumerate(spec.mentions) if getattr(x, attr) is not None]
+        if not others:
+            return None
+        j = others[int(rng.integers(len(others)))]
+        m = spec.mentions[j]
     n_values = {"shape": len(SHAPES), "colour": len(COLOURS), "size": len(SIZES)}[attr]
     value = (getattr(m, attr) + 1 + int(rng.integers(n_values - 1))) % n_values
     new_m = Mention(**{**asdict(m), attr: value})
@@ -274,14 +288,12 @@ class Split:
         """Graded relevance float [q, c] for all pairs of ``img`` [q] x ``cap`` [c]."""
         return self.true_facts_block(img, cap).float() / self.num_facts[cap].float()
 
-    def grounding(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def grounding(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Where each caption's objects are in its own image (for the teacher's grounding auxiliary loss).
 
         Returns:
             (positions long [M, 2]: token index of each mention's shape word in written order, -1 if none;
-             cells bool [M, 2, 9]: grid cells holding an object that matches that mention;
-             layout long [M]: where the 2nd mentioned object is relative to the 1st, as 3 * (row sign + 1) +
-             (col sign + 1) in 0..8, or -1 when a mention matches several objects).
+             cells bool [M, 2, 9]: grid cells holding an object that matches that mention).
         """
         if self._grounding is None:
             self._grounding = _grounding_targets(self)
@@ -292,9 +304,8 @@ class Split:
         return {"semantic": SemanticRelation(self), "coco": ImageIdRelation(self.caption_image, self.num_images)}
 
 
-def _grounding_targets(split: Split) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _grounding_targets(split: Split) -> tuple[torch.Tensor, torch.Tensor]:
     positions = torch.full((split.num_captions, 2), -1, dtype=torch.long)
-    layout = torch.full((split.num_captions,), -1, dtype=torch.long)
     cells = torch.zeros(split.num_captions, 2, GRID * GRID, dtype=torch.bool)
     shape_words = {w for options in grammar.SHAPE_WORDS.values() for w in options}
     for c, text in enumerate(split.texts):
@@ -304,11 +315,7 @@ def _grounding_targets(split: Split) -> tuple[torch.Tensor, torch.Tensor, torch.
             positions[c, j] = where[j]
             for o in scene.objects:
                 cells[c, j, o.row * GRID + o.col] |= mention.matches(o)
-        if positions[c, 1] >= 0 and cells[c, 0].sum() == 1 and cells[c, 1].sum() == 1:
-            (a,), (b,) = cells[c, 0].nonzero()[:, 0].tolist(), cells[c, 1].nonzero()[:, 0].tolist()
-            dr, dc = (b // GRID > a // GRID) - (b // GRID < a // GRID), (b % GRID > a % GRID) - (b % GRID < a % GRID)
-            layout[c] = 3 * (dr + 1) + (dc + 1)
-    return positions, cells, layout
+    return positions, cells
 
 
 class SemanticRelation(PairRelation):

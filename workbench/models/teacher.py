@@ -22,7 +22,6 @@ from torch import nn
 from workbench.checks import check_choice, check_int
 from workbench.data.grammar import MAX_WORDS, PAD, VOCAB
 from workbench.models.layers import Block, TextEmbedding
-from workbench.data.scene import GRID
 from workbench.models.stem import NUM_PATCHES, PatchStem, StemConfig
 
 
@@ -34,12 +33,11 @@ class TeacherConfig:
     heads: int = 4
     mlp: int = 128
     image_layers: int = 1  # unimodal image self-attention layers before fusion
-    text_layers: int = 1  # unimodal text layers before fusion
-    fusion: str = "single"  # "single": one stream over [words; patches]; "cross": words cross-attend patches
+    text_layers: int = 2  # unimodal text layers before fusion
+    fusion: str = "cross"  # "cross": words cross-attend patches; "single": one stream over [words; patches]
     fusion_layers: int = 3
     prev_token: bool = True
     embed_dim: int = 64  # ITC embedding size
-    factorized_pos: bool = True  # cell position embedding = row embedding + column embedding
     stem: StemConfig = StemConfig()
 
     def __post_init__(self) -> None:
@@ -69,11 +67,7 @@ class CrossEncoder(nn.Module):
         self.stem = stem or PatchStem(c.stem)
         self.stem.requires_grad_(False)
         self.patch_proj = nn.Linear(c.stem.dim, c.dim)
-        if c.factorized_pos:
-            self.row_pos = nn.Parameter(torch.randn(GRID, 1, c.dim) * 0.5)
-            self.col_pos = nn.Parameter(torch.randn(1, GRID, c.dim) * 0.5)
-        else:
-            self.patch_pos = nn.Parameter(torch.randn(NUM_PATCHES, c.dim) * 0.5)
+        self.patch_pos = nn.Parameter(torch.randn(NUM_PATCHES, c.dim) * 0.5)
         self.image_blocks = nn.ModuleList(Block(c.dim, c.heads, c.mlp) for _ in range(c.image_layers))
         self.text_embed = TextEmbedding(len(VOCAB), MAX_WORDS + 1, c.dim, prev_token=c.prev_token)
         self.text_blocks = nn.ModuleList(Block(c.dim, c.heads, c.mlp) for _ in range(c.text_layers))
@@ -82,7 +76,6 @@ class CrossEncoder(nn.Module):
         self.fusion_blocks = nn.ModuleList(Block(c.dim, c.heads, c.mlp, cross=cross) for _ in range(c.fusion_layers))
         self.itm_head = nn.Sequential(nn.LayerNorm(c.dim), nn.Linear(c.dim, c.dim), nn.GELU(), nn.Linear(c.dim, 1))
         self.ground_head = nn.Sequential(nn.LayerNorm(c.dim), nn.Linear(c.dim, NUM_PATCHES))
-        self.layout_head = nn.Sequential(nn.LayerNorm(c.dim), nn.Linear(c.dim, 9))
         self.itc_image = nn.Sequential(nn.LayerNorm(c.dim), nn.Linear(c.dim, c.embed_dim))
         self.itc_text = nn.Sequential(nn.LayerNorm(c.dim), nn.Linear(c.dim, c.embed_dim))
         self.itc_log_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
@@ -91,16 +84,10 @@ class CrossEncoder(nn.Module):
         """float [N, 3, 24, 24] -> patch encodings float [N, 9, d]."""
         with torch.no_grad():
             feats = self.stem(images)
-        x = self.patch_proj(feats) + self.cell_positions()
+        x = self.patch_proj(feats) + self.patch_pos
         for block in self.image_blocks:
             x = block(x)
         return x
-
-    def cell_positions(self) -> torch.Tensor:
-        """float [9, d] position embedding of each grid cell (row-major)."""
-        if self.config.factorized_pos:
-            return (self.row_pos + self.col_pos).reshape(NUM_PATCHES, -1)
-        return self.patch_pos
 
     def encode_text(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """long [M, T] -> (word encodings float [M, T, d], padding bool [M, T])."""
@@ -185,3 +172,16 @@ class PairScorer:
 
     def probability(self, img: torch.Tensor, cap: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self(img, cap))
+
+
+def load_teacher(folder) -> CrossEncoder:
+    """A trained teacher from a checkpoint folder (checksum verified; wrong kind or corrupt -> CheckpointError)."""
+    from workbench.io import CheckpointError, load_checkpoint
+
+    meta, weights = load_checkpoint(folder, kind="teacher")
+    teacher = CrossEncoder(TeacherConfig.from_dict(meta["config"]))
+    try:
+        teacher.load_state_dict(weights)
+    except RuntimeError as err:
+        raise CheckpointError(f"checkpoint {folder} does not fit a teacher of its recorded config: {err}") from err
+    return teacher.eval().requires_grad_(False)

@@ -37,7 +37,6 @@ class TeacherTrainConfig:
     warmup: int = 200
     weight_itc: float = 1.0
     weight_ground: float = 1.0  # grounding auxiliary loss: each mention's shape word predicts its object's cell
-    weight_layout: float = 1.0  # layout auxiliary loss: [CLS] predicts where the 2nd object is relative to the 1st
     eval_every: int = 250
     seed: int = 0
 
@@ -49,7 +48,6 @@ class TeacherTrainConfig:
         check_int("warmup", self.warmup, min_value=0)
         check_float("weight_itc", self.weight_itc, min_value=0.0)
         check_float("weight_ground", self.weight_ground, min_value=0.0)
-        check_float("weight_layout", self.weight_layout, min_value=0.0)
         check_int("eval_every", self.eval_every, min_value=1)
 
 
@@ -67,7 +65,7 @@ def grounding_loss(model: CrossEncoder, fused: torch.Tensor, split: Split, cap: 
     Args:
         fused: float [B, T, d] fused states of (image, own caption) pairs; cap: long [B] caption indices.
     """
-    positions, cells, _ = split.grounding()
+    positions, cells = split.grounding()
     pos, target = positions[cap], cells[cap].float()  # [B, 2], [B, 2, 9]
     has = pos >= 0
     states = fused.gather(1, pos.clamp(min=0)[..., None].expand(-1, -1, fused.shape[-1]))  # [B, 2, d]
@@ -75,31 +73,8 @@ def grounding_loss(model: CrossEncoder, fused: torch.Tensor, split: Split, cap: 
     return (bce * has).sum() / has.sum().clamp(min=1)
 
 
-def layout_loss(model: CrossEncoder, fused: torch.Tensor, split: Split, cap: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of [CLS] predicting the 2nd mentioned object's position relative to the 1st (own-image pairs).
-
-    Args:
-        fused: float [B, T, d] fused states of (image, own caption) pairs; cap: long [B] caption indices.
-    """
-    target = split.grounding()[2][cap]  # [B], -1 = ambiguous
-    if not (target >= 0).any():
-        return fused.sum() * 0.0
-    return F.cross_entropy(model.layout_head(fused[:, 0]), target, ignore_index=-1)
-
-
-def auxiliary_losses(model: CrossEncoder, fused: torch.Tensor, split: Split, cap: torch.Tensor,
-                     weight_ground: float, weight_layout: float) -> dict[str, torch.Tensor]:
-    """The grounding and layout terms for fused own-image pairs (weights of 0 skip a term)."""
-    terms = {}
-    if weight_ground:
-        terms["ground_loss"] = weight_ground * grounding_loss(model, fused, split, cap)
-    if weight_layout:
-        terms["layout_loss"] = weight_layout * layout_loss(model, fused, split, cap)
-    return terms
-
-
 def binding_step(model: CrossEncoder, split: Split, near: NearMisses, img: torch.Tensor, cap: torch.Tensor,
-                 gen: torch.Generator, weight_ground: float, weight_layout: float) -> dict[str, torch.Tensor]:
+                 gen: torch.Generator, weight_ground: float) -> dict[str, torch.Tensor]:
     """Phase-1 losses for a batch of (image, own caption) index pairs [B]."""
     false_tokens, has = near.sample(cap, gen)
     tokens = torch.cat([split.tokens[cap[has]], false_tokens[has]])
@@ -109,12 +84,13 @@ def binding_step(model: CrossEncoder, split: Split, near: NearMisses, img: torch
     n = int(has.sum())
     labels = torch.cat([torch.ones(n), torch.zeros(n)])
     terms = {"itm_loss": balanced_bce(model.itm_from_fused(fused), labels)}
-    return terms | auxiliary_losses(model, fused[:n], split, cap[has], weight_ground, weight_layout)
+    if weight_ground:
+        terms["ground_loss"] = weight_ground * grounding_loss(model, fused[:n], split, cap[has])
+    return terms
 
 
 def full_step(model: CrossEncoder, split: Split, near: NearMisses, img: torch.Tensor, cap: torch.Tensor,
-              gen: torch.Generator, weight_itc: float, weight_ground: float, weight_layout: float
-              ) -> dict[str, torch.Tensor]:
+              gen: torch.Generator, weight_itc: float, weight_ground: float) -> dict[str, torch.Tensor]:
     """Phase-2 losses (ITC + ITM on the hard-negative mix) for (image, own caption) index pairs [B]."""
     truth = SemanticRelation(split)
     enc_img = model.encode_image(split.images[img])
@@ -138,7 +114,9 @@ def full_step(model: CrossEncoder, split: Split, near: NearMisses, img: torch.Te
     fused = model.fuse(pairs_img, pairs_txt, pairs_pad)
     terms = {"itm_loss": balanced_bce(model.itm_from_fused(fused), labels),
              "itc_loss": weight_itc * multi_positive_itc(sim, positive)}
-    return terms | auxiliary_losses(model, fused[: len(img)], split, cap, weight_ground, weight_layout)
+    if weight_ground:
+        terms["ground_loss"] = weight_ground * grounding_loss(model, fused[: len(img)], split, cap)
+    return terms
 
 
 Callback = Callable[[int, dict[str, float]], None]
@@ -159,9 +137,9 @@ def train_teacher(model: CrossEncoder, split: Split, near: NearMisses, cfg: Teac
         cap = own_captions(split, img, gen)
         phase = "binding" if step < cfg.steps_binding else "full"
         if phase == "binding":
-            terms = binding_step(model, split, near, img, cap, gen, cfg.weight_ground, cfg.weight_layout)
+            terms = binding_step(model, split, near, img, cap, gen, cfg.weight_ground)
         else:
-            terms = full_step(model, split, near, img, cap, gen, cfg.weight_itc, cfg.weight_ground, cfg.weight_layout)
+            terms = full_step(model, split, near, img, cap, gen, cfg.weight_itc, cfg.weight_ground)
         loss = sum(terms.values())
         opt.zero_grad(set_to_none=True)
         loss.backward()
