@@ -164,6 +164,23 @@ def test_bounded_cache_evicts_least_recent_and_keeps_values(teacher, split) -> N
     assert small.images_encoded == encoded
 
 
+def test_scores_by_global_id_feed_the_store(teacher, split) -> None:
+    from workbench.scores.fingerprint import fingerprint_module
+    from workbench.scores.store import TeacherScoreStore
+
+    img, cap = _pairs(split, 30, seed=4)
+    expected = HFPairScorer(teacher, split)(img, cap)
+    scorer = HFPairScorer(teacher, split)
+    fingerprint = fingerprint_module(teacher.model, teacher.config_for_fingerprint())
+    with TeacherScoreStore(":memory:", fingerprint, "flickr30k") as store:
+        logits, probs = store.get_or_compute(split.image_ids[img], split.caption_ids[cap], scorer.by_ids)
+        scored = scorer.pairs_scored
+        again, _ = store.get_or_compute(split.image_ids[img], split.caption_ids[cap], scorer.by_ids)
+    assert torch.allclose(logits, expected, atol=1e-6) and torch.allclose(probs, torch.sigmoid(expected), atol=1e-6)
+    assert scored == len(set(zip(img.tolist(), cap.tolist(), strict=True))) and scorer.pairs_scored == scored
+    assert torch.equal(again, logits)
+
+
 def test_teacher_fingerprint_config(teacher) -> None:
     config = teacher.config_for_fingerprint()
     assert config["model"] == "blip" and config["class"] == "BlipForImageTextRetrieval"

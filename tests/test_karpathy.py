@@ -103,6 +103,17 @@ def test_splits_partition_the_file_and_raw_captions(flickr) -> None:
     assert raw.texts[0] != splits["train"].texts[0]
 
 
+def test_global_ids_map_back_to_split_indices(coco) -> None:
+    split = load_karpathy(*coco, "train", dataset="coco", restval_as_train=True)
+    assert (split.caption_ids.diff() > 1).any()  # dropped 6th captions: ids are not contiguous
+    perm = torch.randperm(split.num_captions, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(split.caption_index(split.caption_ids[perm]), perm)
+    assert torch.equal(split.image_index(split.image_ids.flip(0)), torch.arange(split.num_images).flip(0))
+    test_ids = load_karpathy(*coco, "test", dataset="coco").image_ids
+    with pytest.raises(KeyError, match=f"image_ids holds 1 id.*not in split 'train', e.g. {int(test_ids[0])}"):
+        split.image_index(torch.cat([split.image_ids[:2], test_ids[:1]]))
+
+
 def test_max_images_keeps_the_first_images(flickr) -> None:
     full = load_karpathy(*flickr, "train")
     part = load_karpathy(*flickr, "train", max_images=3)

@@ -510,6 +510,13 @@ class HFPairScorer:
         """Match probabilities float32 [P] of the pairs."""
         return HFTeacher.probability(self(img, cap))
 
+    def by_ids(self, image_ids: torch.Tensor, caption_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log-odds [P], probabilities [P]) for global ids (``imgid``, ``sentid``) of this split: the ``compute``
+        function of ``TeacherScoreStore.get_or_compute``. Karpathy ids are not contiguous; they are mapped with
+        :meth:`KarpathySplit.image_index` / :meth:`KarpathySplit.caption_index`."""
+        logits = self(self.split.image_index(image_ids), self.split.caption_index(caption_ids))
+        return logits, HFTeacher.probability(logits)
+
     @property
     def cached_images(self) -> int:
         return len(self._images)
