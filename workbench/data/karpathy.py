@@ -35,14 +35,14 @@ from __future__ import annotations
 import re
 import warnings
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from workbench.checks import check_choice, check_int, check_tensor
-from workbench.data.relations import ImageIdRelation
+from workbench.checks import check_choice, check_int
+from workbench.data.relations import ImageIdRelation, ids_to_index
 from workbench.io import read_json
 
 DATASETS = ("flickr30k", "coco")
@@ -77,7 +77,6 @@ class KarpathySplit:
     image_ids: torch.Tensor
     caption_ids: torch.Tensor
     captions_per_image: int
-    _sorted_ids: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, init=False, repr=False)
 
     @property
     def num_images(self) -> int:
@@ -124,20 +123,7 @@ class KarpathySplit:
         return self._index("caption_ids", self.caption_ids, caption_ids)
 
     def _index(self, name: str, table: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        check_tensor(name, ids, ndim=1, dtype="int")
-        if name not in self._sorted_ids:
-            order = torch.argsort(table)
-            self._sorted_ids[name] = (table[order], order)
-        sorted_ids, order = self._sorted_ids[name]
-        ids = ids.cpu().long()
-        pos = torch.searchsorted(sorted_ids, ids).clamp(max=len(sorted_ids) - 1)
-        unknown = sorted_ids[pos] != ids
-        if unknown.any():
-            raise KeyError(
-                f"{name} holds {int(unknown.sum())} id(s) that are not in split {self.name!r}, "
-                f"e.g. {int(ids[unknown][0])}"
-            )
-        return order[pos]
+        return ids_to_index(table, ids, name, self.name)
 
     def _imgid(self, i: int) -> int:
         return int(self.image_ids[i])

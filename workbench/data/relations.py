@@ -85,3 +85,21 @@ class DenseRelation(PairRelation):
 
     def block(self, img: torch.Tensor, cap: torch.Tensor) -> torch.Tensor:
         return self.matrix.to(img.device)[img][:, cap]
+
+
+def ids_to_index(table: torch.Tensor, ids: torch.Tensor, name: str, split: str) -> torch.Tensor:
+    """Positions of global ``ids`` long [P] in ``table`` long [N] (ids need not be contiguous or sorted).
+
+    Raises:
+        KeyError: an id is not in the table.
+    """
+    check_tensor(name, ids, ndim=1, dtype="int")
+    order = torch.argsort(table)
+    sorted_ids = table[order]
+    ids = ids.cpu().long()
+    pos = torch.searchsorted(sorted_ids, ids).clamp(max=max(len(sorted_ids) - 1, 0))
+    unknown = sorted_ids[pos] != ids
+    if unknown.any():
+        example = int(ids[unknown][0])
+        raise KeyError(f"{name} holds {int(unknown.sum())} id(s) that are not in split {split!r}, e.g. {example}")
+    return order[pos]

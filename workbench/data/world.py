@@ -16,7 +16,7 @@ import torch
 
 from workbench.checks import check_float, check_int
 from workbench.data import grammar
-from workbench.data.relations import ImageIdRelation, PairRelation
+from workbench.data.relations import ImageIdRelation, PairRelation, ids_to_index
 from workbench.data.render import render_scene
 from workbench.data.scene import COLOURS, GRID, SHAPES, SIZES, CaptionSpec, Mention, Obj, Scene, relation_holds
 
@@ -298,6 +298,14 @@ class Split:
         if self._grounding is None:
             self._grounding = _grounding_targets(self)
         return self._grounding
+
+    def image_index(self, image_ids: torch.Tensor) -> torch.Tensor:
+        """Global image ids long [P] -> split indices long [P]."""
+        return ids_to_index(self.image_ids, image_ids, "image_ids", self.name)
+
+    def caption_index(self, caption_ids: torch.Tensor) -> torch.Tensor:
+        """Global caption ids long [P] -> split indices long [P]."""
+        return ids_to_index(self.caption_ids, caption_ids, "caption_ids", self.name)
 
     def relations(self) -> dict[str, PairRelation]:
         """The two evaluation protocols: {"semantic": true-for-image, "coco": written-for-image}."""

@@ -166,7 +166,8 @@ class PairScorer:
     def __call__(self, img: torch.Tensor, cap: torch.Tensor) -> torch.Tensor:
         enc_img, txt, pad = self._encodings()
         img, cap = img.cpu(), cap.cpu()
-        out = [self.teacher.itm(enc_img[i], txt[c], pad[c]) for i, c in zip(img.split(self.batch), cap.split(self.batch))]
+        chunks = zip(img.split(self.batch), cap.split(self.batch), strict=True)
+        out = [self.teacher.itm(enc_img[i], txt[c], pad[c]) for i, c in chunks]
         self.pairs_scored += len(img)
         return torch.cat(out) if out else torch.empty(0)
 

@@ -32,7 +32,6 @@ class TeacherScores:
         self.split, self.scorer = split, PairScorer(teacher, split.images, split.tokens, batch)
         self.fingerprint = fingerprint_module(teacher, teacher.config_dict())
         self.store = TeacherScoreStore(store_path or ":memory:", self.fingerprint, namespace)
-        self._img0, self._cap0 = int(split.image_ids[0]), int(split.caption_ids[0])
 
     def __call__(self, img: torch.Tensor, cap: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         img_ids, cap_ids = self.split.image_ids[img.cpu()], self.split.caption_ids[cap.cpu()]
@@ -40,7 +39,7 @@ class TeacherScores:
         return logits.to(img.device), probs.to(img.device)
 
     def _compute(self, img_ids: torch.Tensor, cap_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.scorer(img_ids - self._img0, cap_ids - self._cap0)
+        logits = self.scorer(self.split.image_index(img_ids), self.split.caption_index(cap_ids))
         return logits, torch.sigmoid(logits)
 
     @property

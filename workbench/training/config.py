@@ -108,7 +108,7 @@ class FitConfig:
         check_choice("teacher_output", self.teacher_output, ["logit", "probability", "tempered"])
         check_float("teacher_temperature", self.teacher_temperature, min_value=0.0, strict_min=True)
         if self.negatives == "all" and self.pool != "batch":
-            raise ValueError(f"negatives='all' uses every candidate of the batch: it needs pool='batch', got {self.pool!r}")
+            raise ValueError(f"negatives='all' takes the whole batch: it needs pool='batch', got {self.pool!r}")
         if self.pool == "batch" and self.negatives == "hard" and self.k >= self.batch:
             raise ValueError(f"k={self.k} must be smaller than the batch ({self.batch}) when mining in-batch")
 

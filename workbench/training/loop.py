@@ -84,7 +84,8 @@ def itc_terms(ctx: StepContext, e_img, e_txt, img, cap, scale, gen) -> torch.Ten
 def sides(state: TrainState, ctx: StepContext, e_img, e_txt, img, cap) -> list[Side]:
     """The two directions' query/pool views for the configured mining pool."""
     out = []
-    for direction, (q, q_ids, own, own_ids) in {"i2t": (e_img, img, e_txt, cap), "t2i": (e_txt, cap, e_img, img)}.items():
+    views = {"i2t": (e_img, img, e_txt, cap), "t2i": (e_txt, cap, e_img, img)}
+    for direction, (q, q_ids, own, own_ids) in views.items():
         pool, pool_ids = own, own_ids
         if ctx.cfg.pool == "queue":
             queue_emb, queue_ids = state.queues[direction].tensors(drop_ids=own_ids.cpu())
@@ -108,7 +109,8 @@ def train_step(state: TrainState, ctx: StepContext) -> dict[str, float]:
     scale = student.logit_scale
     terms: dict[str, torch.Tensor] = {}
     if ITC in ctx.losses:
-        terms[ITC] = next(t.weight for t in cfg.losses if t.name == ITC) * itc_terms(ctx, e_img, e_txt, img, cap, scale, gen)
+        weight = next(t.weight for t in cfg.losses if t.name == ITC)
+        terms[ITC] = weight * itc_terms(ctx, e_img, e_txt, img, cap, scale, gen)
     if cfg.distill_terms:
         relation = split.relations()[cfg.positives]
         batches = [distill_batch(s, cfg, relation, scale, ctx.teacher, gen)

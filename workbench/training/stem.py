@@ -18,7 +18,9 @@ def split_cell_labels(split: Split) -> torch.Tensor:
 def stem_loss(stem: PatchStem, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Summed cross-entropy of the shape, colour and size heads over all cells (images [B,3,24,24], labels [B,9,3])."""
     logits = stem.predict(images)
-    return sum(F.cross_entropy(logits[k].flatten(0, 1), labels[..., a].flatten()) for a, k in enumerate(ATTRIBUTE_CLASSES))
+    return sum(
+        F.cross_entropy(logits[k].flatten(0, 1), labels[..., a].flatten()) for a, k in enumerate(ATTRIBUTE_CLASSES)
+    )
 
 
 @torch.no_grad()
@@ -35,7 +37,13 @@ def stem_accuracy(stem: PatchStem, split: Split, batch: int = 1024) -> dict[str,
 
 
 def pretrain_stem(
-    train: Split, *, steps: int = 600, batch: int = 256, lr: float = 3e-3, seed: int = 0, config: StemConfig | None = None
+    train: Split,
+    *,
+    steps: int = 600,
+    batch: int = 256,
+    lr: float = 3e-3,
+    seed: int = 0,
+    config: StemConfig | None = None,
 ) -> PatchStem:
     """Train a :class:`PatchStem` to predict every cell's attributes; returns it frozen in eval mode."""
     check_int("steps", steps, min_value=1)
