@@ -165,6 +165,7 @@ def fit(
     out_dir: str | Path | None = None,
     resume: bool = False,
     callbacks: tuple[Callback, ...] = (),
+    step_callbacks: tuple[Callback, ...] = (),
     progress: Callable | None = None,
 ) -> TrainState:
     """Train ``student`` per ``cfg``; returns the final state (its ``history`` holds every logged row).
@@ -175,8 +176,9 @@ def fit(
         evaluate: called every ``eval_every`` steps and at the end; its dict is merged into the history row.
         out_dir: where checkpoints go (``out_dir/checkpoint``); needed for ``checkpoint_every`` and ``resume``.
         resume: continue from ``out_dir/checkpoint`` if present (same config required).
-        callbacks: ``cb(step, row)`` after each logged row (live plots, progress text; never inside the step).
-        progress: wraps the step range (e.g. ``tqdm.auto.trange``-like ``lambda r: tqdm(r)``).
+        callbacks: ``cb(step, row)`` after each logged row (live plots, tables; never inside the step).
+        step_callbacks: ``cb(step, row)`` after every step with that step's losses (e.g. a progress-bar postfix).
+        progress: wraps the step range (e.g. ``lambda r: tqdm(r)``).
     """
     losses = build_losses(cfg)
     if cfg.distill_terms and teacher_scores is None:
@@ -194,6 +196,8 @@ def fit(
             refresh_gallery(state, ctx)
         row = train_step(state, ctx)
         state.step += 1
+        for cb in step_callbacks:
+            cb(state.step, row)
         if state.step % cfg.eval_every == 0 or state.step == cfg.steps:
             _log(state, row, evaluate, callbacks)
         if out_dir is not None and cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:

@@ -1,0 +1,81 @@
+"""Figures. Functions take arrays/data and return matplotlib axes or figures; :func:`save_figure` writes PNG + SVG.
+
+Every figure the workbench produces goes through :func:`save_figure` into ``figures/`` (and optionally a run folder).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+if not os.environ.get("DISPLAY") and "ipykernel" not in os.environ.get("MPLBACKEND", ""):
+    matplotlib.use(os.environ.get("MPLBACKEND", "Agg"))
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from workbench.io import atomic_write_bytes  # noqa: E402
+
+FIGURES = Path(__file__).resolve().parents[2] / "figures"
+
+
+def save_figure(fig: plt.Figure, name: str, folders: Sequence[str | Path] = (FIGURES,)) -> list[Path]:
+    """Write ``name.png`` (150 dpi) and ``name.svg`` into each folder atomically; return the paths."""
+    import io
+
+    paths = []
+    for fmt in ("png", "svg"):
+        buf = io.BytesIO()
+        fig.savefig(buf, format=fmt, dpi=150, bbox_inches="tight")
+        for folder in folders:
+            paths.append(atomic_write_bytes(Path(folder) / f"{name}.{fmt}", buf.getvalue()))
+    return paths
+
+
+def image_grid(images: torch.Tensor, captions: Sequence[Sequence[str]], ncols: int = 4) -> plt.Figure:
+    """Images float [n, 3, H, W] in [0, 1], each with a list of caption lines under it."""
+    n = len(images)
+    nrows = int(np.ceil(n / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.6 * nrows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i, ax in enumerate(axes.flat[:n]):
+        ax.imshow(images[i].permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
+        ax.set_title("\n".join(captions[i]), fontsize=7.5, loc="left")
+        for k in (8, 16):
+            ax.axhline(k - 0.5, color="white", lw=0.3, alpha=0.4)
+            ax.axvline(k - 0.5, color="white", lw=0.3, alpha=0.4)
+    fig.tight_layout()
+    return fig
+
+
+def method_bars(
+    names: Sequence[str], means: np.ndarray, stds: np.ndarray, metric_names: Sequence[str], ax: plt.Axes | None = None
+) -> plt.Axes:
+    """Grouped bars: one group per metric, one bar per method, with std error bars (means/stds [methods, metrics])."""
+    ax = ax or plt.subplots(figsize=(1.6 + 1.3 * len(metric_names) * max(1, len(names)) / 3, 3.6))[1]
+    width = 0.8 / len(names)
+    x = np.arange(len(metric_names))
+    for i, name in enumerate(names):
+        ax.bar(x + (i - (len(names) - 1) / 2) * width, means[i], width, yerr=stds[i], capsize=2, label=name)
+    ax.set_xticks(x, metric_names)
+    ax.set_ylabel("%")
+    ax.legend(fontsize=7, ncols=min(4, len(names)))
+    ax.grid(axis="y", alpha=0.3)
+    return ax
+
+
+def curves(history: Sequence[dict], keys: Sequence[str], ax: plt.Axes | None = None) -> plt.Axes:
+    """Line plot of ``keys`` over ``step`` from a training history (missing values skipped)."""
+    ax = ax or plt.subplots(figsize=(5, 3.2))[1]
+    for key in keys:
+        pts = [(row["step"], row[key]) for row in history if key in row]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), marker=".", label=key)
+    ax.set_xlabel("step")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    return ax

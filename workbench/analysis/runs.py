@@ -1,0 +1,167 @@
+"""Run orchestration shared by the CLI, the demo and the notebooks: build the world, load the teacher, train and
+evaluate students and teachers, and write each run's files.
+
+A student run folder holds ``config.json`` (fit, world and teacher settings), ``history.json``, ``metrics.json``
+(test metrics; ``rsum`` = semantic RSUM) and ``checkpoint/`` (safetensors + trainer state).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from workbench.analysis.evaluate import evaluate_student, evaluate_teacher, graded_pairs
+from workbench.data.world import MinimalPairs, World, WorldConfig, build_world, minimal_pairs
+from workbench.io import CheckpointError, read_json, save_checkpoint, write_json
+from workbench.models.stem import PatchStem
+from workbench.models.student import DualEncoder, StudentConfig
+from workbench.models.teacher import CrossEncoder, TeacherConfig, load_teacher
+from workbench.scores.teacher_scores import TeacherScores
+from workbench.training.config import FitConfig
+from workbench.training.loop import fit
+from workbench.training.stem import pretrain_stem, stem_accuracy
+from workbench.training.teacher import TeacherTrainConfig, train_teacher
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+DEFAULT_TEACHER = ASSETS / "teacher"
+WORLD_PRESETS = {"smoke": WorldConfig(n_train=400, n_val=100, n_test=200), "default": WorldConfig()}
+
+
+def world_namespace(cfg: WorldConfig) -> str:
+    """Store namespace of a world: ids are only unique within one world config."""
+    digest = hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True).encode()).hexdigest()[:12]
+    return f"world-{digest}"
+
+
+@dataclass
+class Workspace:
+    """A world with its teacher, the shared stem, and cached evaluation sets."""
+
+    world: World
+    teacher: CrossEncoder | None
+    stem: PatchStem
+    store_path: Path | None = None
+    teacher_dir: Path | None = None
+    _eval_sets: dict[str, Any] = field(default_factory=dict)
+
+    def eval_sets(self, split: str) -> tuple[MinimalPairs, tuple[torch.Tensor, torch.Tensor]]:
+        """(minimal pairs, graded pairs) of a split, built once."""
+        if split not in self._eval_sets:
+            s = self.world.split(split)
+            self._eval_sets[split] = (minimal_pairs(s, per_kind=500), graded_pairs(s))
+        return self._eval_sets[split]
+
+    def teacher_scores(self, split: str = "train") -> TeacherScores:
+        if self.teacher is None:
+            raise ValueError("this workspace has no teacher: pass --teacher DIR (a train-teacher output folder)")
+        return TeacherScores(self.teacher, self.world.split(split), self.store_path, world_namespace(self.world.config))
+
+    def new_student(self, config: StudentConfig | None = None) -> DualEncoder:
+        return DualEncoder(config or StudentConfig(), stem=self.stem)
+
+
+def open_workspace(world_cfg: WorldConfig | None = None, teacher_dir: str | Path | None = DEFAULT_TEACHER,
+                   store_path: str | Path | None = None) -> Workspace:
+    """Build the world and load the teacher (its stem is shared with students); no teacher -> pretrain a stem."""
+    world = build_world(world_cfg or WorldConfig())
+    teacher = None
+    if teacher_dir is not None:
+        if not (Path(teacher_dir) / "config.json").is_file():
+            raise CheckpointError(
+                f"no teacher checkpoint in {teacher_dir}: train one with `python -m workbench train-teacher --out DIR`"
+            )
+        teacher = load_teacher(teacher_dir)
+    stem = teacher.stem if teacher is not None else pretrain_stem(world.train)
+    return Workspace(world, teacher, stem, Path(store_path) if store_path else None,
+                     Path(teacher_dir) if teacher_dir else None)
+
+
+def student_metrics(ws: Workspace, student: DualEncoder, split: str = "test", rerank: bool = True,
+                    k_test: int = 16) -> dict[str, Any]:
+    """Test metrics of a student (+ the teacher re-ranking its top-k_test when asked and a teacher is loaded)."""
+    minimal, graded = ws.eval_sets(split)
+    out = evaluate_student(student, ws.world.split(split), teacher=ws.teacher if rerank else None, k_test=k_test,
+                           minimal=minimal, graded=graded)
+    out["rsum"] = out["retrieval"]["semantic"]["rsum"]
+    return out
+
+
+def val_retrieval(ws: Workspace):
+    """An ``evaluate`` callback for ``fit``: semantic and COCO R@1 / RSUM on the validation split."""
+    from workbench.analysis.evaluate import embed_split
+    from workbench.analysis.retrieval import retrieval_metrics
+
+    split = ws.world.val
+    relations = split.relations()
+
+    def evaluate(student: DualEncoder) -> dict[str, float]:
+        img, txt = embed_split(student, split)
+        m = retrieval_metrics(img, txt, relations)
+        return {f"val_{p}_{k}": m[p][k] for p in m for k in ("r1_i2t", "r1_t2i", "rsum")}
+
+    return evaluate
+
+
+def train_student_run(ws: Workspace, cfg: FitConfig, out_dir: str | Path | None, *, rerank: bool = True,
+                      resume: bool = False, progress=None, step_callbacks=(), callbacks=()) -> dict[str, Any]:
+    """Train one student and evaluate it on the test split; write the run folder when ``out_dir`` is given."""
+    teacher_scores = ws.teacher_scores() if cfg.distill_terms else None
+    student = ws.new_student()
+    start = time.time()
+    state = fit(cfg, ws.world, student, teacher_scores=teacher_scores, evaluate=val_retrieval(ws), out_dir=out_dir,
+                resume=resume, progress=progress, step_callbacks=step_callbacks, callbacks=callbacks)
+    seconds = time.time() - start
+    metrics = student_metrics(ws, student, rerank=rerank) | {"train_seconds": seconds}
+    if teacher_scores is not None:
+        metrics["teacher_store"] = asdict(teacher_scores.stats)
+        teacher_scores.close()
+    if out_dir is not None:
+        out = Path(out_dir)
+        write_json(out / "config.json", run_config(ws, cfg))
+        write_json(out / "history.json", state.history)
+        write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def run_config(ws: Workspace, cfg: FitConfig) -> dict[str, Any]:
+    return {"fit": cfg.to_dict(), "world": asdict(ws.world.config),
+            "teacher": str(ws.teacher_dir) if ws.teacher_dir else None,
+            "student": asdict(StudentConfig()), "store": str(ws.store_path) if ws.store_path else None}
+
+
+def train_teacher_run(world_cfg: WorldConfig, train_cfg: TeacherTrainConfig, teacher_cfg: TeacherConfig,
+                      out_dir: str | Path, progress=None, callbacks=()) -> dict[str, Any]:
+    """Pretrain the stem, train the teacher, evaluate it on val/test minimal pairs; write a teacher checkpoint."""
+    from workbench.data.nearmiss import build_near_misses
+
+    start = time.time()
+    world = build_world(world_cfg)
+    stem = pretrain_stem(world.train, seed=train_cfg.seed)
+    model = CrossEncoder(teacher_cfg, stem=stem)
+    val_pairs = minimal_pairs(world.val, per_kind=300)
+
+    def evaluate(m: CrossEncoder) -> dict[str, float]:
+        return {f"val_mp_{k}": v for k, v in evaluate_teacher(m, world.val, val_pairs)["minimal_pairs"].items()}
+
+    history = train_teacher(model, world.train, build_near_misses(world.train, seed=train_cfg.seed), train_cfg,
+                            evaluate=evaluate, callbacks=callbacks, progress=progress)
+    test = evaluate_teacher(model, world.test, minimal_pairs(world.test, per_kind=500), graded_pairs(world.test))
+    metrics = {"test": test, "stem": stem_accuracy(stem, world.test), "train_seconds": time.time() - start}
+    out = Path(out_dir)
+    extra = {"world": asdict(world_cfg), "training": asdict(train_cfg), "metrics": metrics}
+    save_checkpoint(out, "teacher", model.config_dict(), model.state_dict(), extra)
+    write_json(out / "history.json", history)
+    write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def load_run(out_dir: str | Path) -> dict[str, Any]:
+    """config, history and metrics of a finished student run folder."""
+    out = Path(out_dir)
+    return {name: read_json(out / f"{name}.json", what=f"run {name}") for name in ("config", "history", "metrics")}
