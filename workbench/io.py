@@ -26,6 +26,12 @@ class CheckpointError(ValueError):
     """A checkpoint is missing, unreadable, corrupt, or of the wrong kind."""
 
 
+def _umask_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically (temp file + fsync + rename). Returns the path."""
     path = Path(path)
@@ -36,6 +42,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, _umask_mode())  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -96,6 +103,7 @@ def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor]) -> s
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         digest = sha256_file(tmp)
+        os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

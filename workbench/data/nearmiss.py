@@ -30,17 +30,24 @@ class NearMisses:
     kinds: tuple[str, ...]
 
     def sample_with_kind(
-        self, captions: torch.Tensor, generator: torch.Generator
+        self, captions: torch.Tensor, generator: torch.Generator, weights: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One random available near-miss per caption: (tokens long [B, T], has_one bool [B], kind long [B])."""
+        """One random available near-miss per caption: (tokens long [B, T], has_one bool [B], kind long [B]).
+
+        ``weights`` float [K] makes some kinds likelier (default: uniform over the kinds available for a caption).
+        """
         avail = self.available[captions].float()  # [B, K]
+        if weights is not None:
+            avail = avail * weights
         has = avail.sum(1) > 0
         pick = torch.multinomial(avail + (~has[:, None]).float(), 1, generator=generator).squeeze(1)
         return self.tokens[captions, pick], has, pick
 
-    def sample(self, captions: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample(
+        self, captions: torch.Tensor, generator: torch.Generator, weights: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """One random available near-miss per caption: (tokens long [B, T], has_one bool [B])."""
-        tokens, has, _ = self.sample_with_kind(captions, generator)
+        tokens, has, _ = self.sample_with_kind(captions, generator, weights)
         return tokens, has
 
     def truth(self, split: Split, img: torch.Tensor, captions: torch.Tensor, kinds: torch.Tensor) -> torch.Tensor:

@@ -247,6 +247,7 @@ class Split:
     fact_ids: torch.Tensor = field(init=False)
     _tables: tuple[torch.Tensor, torch.Tensor] | None = field(init=False, default=None, repr=False)
     _grounding: tuple[torch.Tensor, ...] | None = field(init=False, default=None, repr=False)
+    _layout: torch.Tensor | None = field(init=False, default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.fact_ids = caption_fact_ids(self.captions)
@@ -306,6 +307,18 @@ class Split:
     def caption_index(self, caption_ids: torch.Tensor) -> torch.Tensor:
         """Global caption ids long [P] -> split indices long [P]."""
         return ids_to_index(self.caption_ids, caption_ids, "caption_ids", self.name)
+
+    def layout(self) -> torch.Tensor:
+        """long [M]: where each caption's 2nd mentioned object is relative to its 1st in its own image, as
+        ``3 * (row sign + 1) + (column sign + 1)`` in 0..8; -1 when a mention matches several objects."""
+        if self._layout is None:
+            positions, cells = self.grounding()
+            unique = (cells.sum(-1) == 1).all(-1) & (positions[:, 1] >= 0)
+            cell = cells.float().argmax(-1)  # [M, 2]
+            row, col = cell // GRID, cell % GRID
+            code = 3 * (torch.sign(row[:, 1] - row[:, 0]) + 1) + torch.sign(col[:, 1] - col[:, 0]) + 1
+            self._layout = torch.where(unique, code, torch.full_like(code, -1))
+        return self._layout
 
     def relations(self) -> dict[str, PairRelation]:
         """The two evaluation protocols: {"semantic": true-for-image, "coco": written-for-image}."""

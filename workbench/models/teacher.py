@@ -76,6 +76,7 @@ class CrossEncoder(nn.Module):
         self.fusion_blocks = nn.ModuleList(Block(c.dim, c.heads, c.mlp, cross=cross) for _ in range(c.fusion_layers))
         self.itm_head = nn.Sequential(nn.LayerNorm(c.dim), nn.Linear(c.dim, c.dim), nn.GELU(), nn.Linear(c.dim, 1))
         self.ground_head = nn.Sequential(nn.LayerNorm(c.dim), nn.Linear(c.dim, NUM_PATCHES))
+        self.layout_head = nn.Sequential(nn.LayerNorm(c.dim), nn.Linear(c.dim, 9))
         self.itc_image = nn.Sequential(nn.LayerNorm(c.dim), nn.Linear(c.dim, c.embed_dim))
         self.itc_text = nn.Sequential(nn.LayerNorm(c.dim), nn.Linear(c.dim, c.embed_dim))
         self.itc_log_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))

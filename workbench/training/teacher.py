@@ -37,6 +37,8 @@ class TeacherTrainConfig:
     warmup: int = 200
     weight_itc: float = 1.0
     weight_ground: float = 1.0  # grounding auxiliary loss: each mention's shape word predicts its object's cell
+    weight_layout: float = 0.0  # layout auxiliary loss: [CLS] predicts where the 2nd object is relative to the 1st
+    flip_share: float = 0.3  # share of near-misses that flip the relation (the kind learned last)
     eval_every: int = 250
     seed: int = 0
 
@@ -48,6 +50,8 @@ class TeacherTrainConfig:
         check_int("warmup", self.warmup, min_value=0)
         check_float("weight_itc", self.weight_itc, min_value=0.0)
         check_float("weight_ground", self.weight_ground, min_value=0.0)
+        check_float("weight_layout", self.weight_layout, min_value=0.0)
+        check_float("flip_share", self.flip_share, min_value=0.0, max_value=1.0)
         check_int("eval_every", self.eval_every, min_value=1)
 
 
@@ -73,10 +77,42 @@ def grounding_loss(model: CrossEncoder, fused: torch.Tensor, split: Split, cap: 
     return (bce * has).sum() / has.sum().clamp(min=1)
 
 
+def layout_loss(model: CrossEncoder, fused: torch.Tensor, split: Split, cap: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of [CLS] predicting where the 2nd mentioned object is relative to the 1st (own-image pairs).
+
+    Args:
+        fused: float [B, T, d] fused states of (image, own caption) pairs; cap: long [B] caption indices.
+    """
+    target = split.layout()[cap]  # [B], -1 = ambiguous
+    if not (target >= 0).any():
+        return fused.sum() * 0.0
+    return F.cross_entropy(model.layout_head(fused[:, 0]), target, ignore_index=-1)
+
+
+def auxiliary_terms(model: CrossEncoder, fused: torch.Tensor, split: Split, cap: torch.Tensor,
+                    cfg: TeacherTrainConfig) -> dict[str, torch.Tensor]:
+    """Grounding and layout terms on the fused states of (image, own caption) pairs (zero weights skip a term)."""
+    terms = {}
+    if cfg.weight_ground:
+        terms["ground_loss"] = cfg.weight_ground * grounding_loss(model, fused, split, cap)
+    if cfg.weight_layout:
+        terms["layout_loss"] = cfg.weight_layout * layout_loss(model, fused, split, cap)
+    return terms
+
+
+def kind_weights(near: NearMisses, flip_share: float) -> torch.Tensor:
+    """float [K]: sampling weights giving flip_relation ``flip_share`` of the mass, the other kinds equal shares."""
+    k = len(near.kinds)
+    w = torch.full((k,), (1 - flip_share) / max(1, k - 1))
+    if "flip_relation" in near.kinds:
+        w[near.kinds.index("flip_relation")] = flip_share
+    return w
+
+
 def binding_step(model: CrossEncoder, split: Split, near: NearMisses, img: torch.Tensor, cap: torch.Tensor,
-                 gen: torch.Generator, weight_ground: float) -> dict[str, torch.Tensor]:
+                 gen: torch.Generator, cfg: TeacherTrainConfig) -> dict[str, torch.Tensor]:
     """Phase-1 losses for a batch of (image, own caption) index pairs [B]."""
-    false_tokens, has = near.sample(cap, gen)
+    false_tokens, has = near.sample(cap, gen, kind_weights(near, cfg.flip_share))
     tokens = torch.cat([split.tokens[cap[has]], false_tokens[has]])
     enc_img = model.encode_image(split.images[img[has]])
     txt, pad = model.encode_text(tokens)
@@ -84,13 +120,11 @@ def binding_step(model: CrossEncoder, split: Split, near: NearMisses, img: torch
     n = int(has.sum())
     labels = torch.cat([torch.ones(n), torch.zeros(n)])
     terms = {"itm_loss": balanced_bce(model.itm_from_fused(fused), labels)}
-    if weight_ground:
-        terms["ground_loss"] = weight_ground * grounding_loss(model, fused[:n], split, cap[has])
-    return terms
+    return terms | auxiliary_terms(model, fused[:n], split, cap[has], cfg)
 
 
 def full_step(model: CrossEncoder, split: Split, near: NearMisses, img: torch.Tensor, cap: torch.Tensor,
-              gen: torch.Generator, weight_itc: float, weight_ground: float) -> dict[str, torch.Tensor]:
+              gen: torch.Generator, cfg: TeacherTrainConfig) -> dict[str, torch.Tensor]:
     """Phase-2 losses (ITC + ITM on the hard-negative mix) for (image, own caption) index pairs [B]."""
     truth = SemanticRelation(split)
     enc_img = model.encode_image(split.images[img])
@@ -100,7 +134,7 @@ def full_step(model: CrossEncoder, split: Split, near: NearMisses, img: torch.Te
     hard_cap = sample_hard(sim, positive, gen)  # [B] batch positions
     hard_img = sample_hard(sim.T, positive.T, gen)
     rand_cap = torch.randint(split.num_captions, (len(img),), generator=gen)
-    near_tok, has = near.sample(cap, gen)
+    near_tok, has = near.sample(cap, gen, kind_weights(near, cfg.flip_share))
     rand_txt, rand_pad = model.encode_text(split.tokens[rand_cap])
     near_txt, near_pad = model.encode_text(near_tok[has])
     b = torch.arange(len(img))
@@ -113,10 +147,8 @@ def full_step(model: CrossEncoder, split: Split, near: NearMisses, img: torch.Te
     ])
     fused = model.fuse(pairs_img, pairs_txt, pairs_pad)
     terms = {"itm_loss": balanced_bce(model.itm_from_fused(fused), labels),
-             "itc_loss": weight_itc * multi_positive_itc(sim, positive)}
-    if weight_ground:
-        terms["ground_loss"] = weight_ground * grounding_loss(model, fused[: len(img)], split, cap)
-    return terms
+             "itc_loss": cfg.weight_itc * multi_positive_itc(sim, positive)}
+    return terms | auxiliary_terms(model, fused[: len(img)], split, cap, cfg)
 
 
 Callback = Callable[[int, dict[str, float]], None]
@@ -137,9 +169,9 @@ def train_teacher(model: CrossEncoder, split: Split, near: NearMisses, cfg: Teac
         cap = own_captions(split, img, gen)
         phase = "binding" if step < cfg.steps_binding else "full"
         if phase == "binding":
-            terms = binding_step(model, split, near, img, cap, gen, cfg.weight_ground)
+            terms = binding_step(model, split, near, img, cap, gen, cfg)
         else:
-            terms = full_step(model, split, near, img, cap, gen, cfg.weight_itc, cfg.weight_ground)
+            terms = full_step(model, split, near, img, cap, gen, cfg)
         loss = sum(terms.values())
         opt.zero_grad(set_to_none=True)
         loss.backward()
