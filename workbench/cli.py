@@ -50,10 +50,16 @@ def build_parser() -> argparse.ArgumentParser:
     teacher = sub.add_parser("train-teacher", help="pretrain the stem and train the cross-encoder teacher")
     _add_world(teacher)
     teacher.add_argument("--out", required=True, help="output checkpoint folder")
+    from workbench.models.teacher import TeacherConfig
     from workbench.training.teacher import TeacherTrainConfig
 
     for f in fields(TeacherTrainConfig):
         teacher.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
+    for f in fields(TeacherConfig):
+        if f.name != "stem":
+            kind = _bool if isinstance(f.default, bool) else type(f.default)
+            teacher.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=f.default, help="model size")
+    teacher.add_argument("--device", default="auto", help="auto | cpu | cuda")
 
     train = sub.add_parser("train", help="train a student with ITC and any registered distillation losses")
     _add_world(train)
@@ -136,9 +142,10 @@ def cmd_train_teacher(args) -> int:
     from workbench.training.teacher import TeacherTrainConfig
 
     cfg = TeacherTrainConfig(**{f.name: getattr(args, f.name) for f in fields(TeacherTrainConfig)})
-    metrics = train_teacher_run(_world_cfg(args), cfg, TeacherConfig(), args.out,
+    model_cfg = TeacherConfig(**{f.name: getattr(args, f.name) for f in fields(TeacherConfig) if f.name != "stem"})
+    metrics = train_teacher_run(_world_cfg(args), cfg, model_cfg, args.out,
                                 progress=lambda r: tqdm(r, desc="teacher", mininterval=2),
-                                callbacks=[lambda step, row: tqdm.write(_short(row))])
+                                callbacks=[lambda step, row: tqdm.write(_short(row))], device=args.device)
     print(_short(metrics["test"]["minimal_pairs"]), f"train {metrics['train_seconds']:.0f}s")
     return 0
 

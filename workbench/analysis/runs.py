@@ -18,6 +18,7 @@ import torch
 
 from workbench.analysis.evaluate import evaluate_student, evaluate_teacher, graded_pairs
 from workbench.data.world import MinimalPairs, World, WorldConfig, build_world, minimal_pairs
+from workbench.device import pick_device
 from workbench.io import CheckpointError, read_json, save_checkpoint, write_json
 from workbench.models.stem import PatchStem
 from workbench.models.student import DualEncoder, StudentConfig
@@ -136,14 +137,14 @@ def run_config(ws: Workspace, cfg: FitConfig) -> dict[str, Any]:
 
 
 def train_teacher_run(world_cfg: WorldConfig, train_cfg: TeacherTrainConfig, teacher_cfg: TeacherConfig,
-                      out_dir: str | Path, progress=None, callbacks=()) -> dict[str, Any]:
+                      out_dir: str | Path, progress=None, callbacks=(), device: str = "auto") -> dict[str, Any]:
     """Pretrain the stem, train the teacher, evaluate it on val/test minimal pairs; write a teacher checkpoint."""
     from workbench.data.nearmiss import build_near_misses
 
     start = time.time()
     world = build_world(world_cfg)
     stem = pretrain_stem(world.train, seed=train_cfg.seed)
-    model = CrossEncoder(teacher_cfg, stem=stem)
+    model = CrossEncoder(teacher_cfg, stem=stem).to(pick_device(device))
     val_pairs = minimal_pairs(world.val, per_kind=300)
 
     def evaluate(m: CrossEncoder) -> dict[str, float]:
@@ -152,7 +153,10 @@ def train_teacher_run(world_cfg: WorldConfig, train_cfg: TeacherTrainConfig, tea
     history = train_teacher(model, world.train, build_near_misses(world.train, seed=train_cfg.seed), train_cfg,
                             evaluate=evaluate, callbacks=callbacks, progress=progress)
     test = evaluate_teacher(model, world.test, minimal_pairs(world.test, per_kind=500), graded_pairs(world.test))
-    metrics = {"test": test, "stem": stem_accuracy(stem, world.test), "train_seconds": time.time() - start}
+    seconds = time.time() - start
+    model.cpu()
+    metrics = {"test": test, "stem": stem_accuracy(stem, world.test), "train_seconds": seconds,
+               "device": str(pick_device(device))}
     out = Path(out_dir)
     extra = {"world": asdict(world_cfg), "training": asdict(train_cfg), "metrics": metrics}
     save_checkpoint(out, "teacher", model.config_dict(), model.state_dict(), extra)
