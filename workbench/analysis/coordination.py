@@ -25,12 +25,11 @@ from workbench.analysis._arrays import number
 from workbench.checks import check_int
 from workbench.data.nearmiss import build_near_misses
 from workbench.data.world import World
-from workbench.device import autocast, pick_device
+from workbench.device import pick_device
 from workbench.models.student import DualEncoder
 from workbench.training.batches import sample_pairs
 from workbench.training.config import ITC, FitConfig
-from workbench.training.loop import StepContext, TrainState, build_losses, itc_terms, refresh_gallery, sides
-from workbench.training.slates import distill_batch
+from workbench.training.loop import StepContext, TrainState, build_losses, loss_terms, refresh_gallery
 
 Params = nn.Module | Iterable[tuple[str, torch.Tensor]]
 
@@ -126,29 +125,8 @@ def gradient_report(params: Params, terms: Mapping[str, torch.Tensor], *, refere
 
 def step_terms(state: TrainState | None, ctx: StepContext, img: torch.Tensor, cap: torch.Tensor,
                gen: torch.Generator) -> dict[str, torch.Tensor]:
-    """The weighted loss terms of one training step on the batch ``(img [B], cap [B])``, without the update.
-
-    Mirrors ``train_step``'s term construction (ITC on in-batch slates; each distillation term on the mined slates
-    of both directions, halved), so the gradients are those the optimiser would see on this batch.
-    ``state`` is needed only for the ``queue`` and ``gallery`` mining pools.
-    """
-    student, cfg, split = ctx.student, ctx.cfg, ctx.world.train
-    images, tokens = split.images[img].to(ctx.device), split.tokens[cap].to(ctx.device)
-    with autocast(ctx.device, cfg.amp):
-        e_img, e_txt = student.encode_image(images).float(), student.encode_text(tokens).float()
-    scale = student.logit_scale
-    terms: dict[str, torch.Tensor] = {}
-    if ITC in ctx.losses:
-        weight = next(t.weight for t in cfg.losses if t.name == ITC)
-        terms[ITC] = weight * itc_terms(ctx, e_img, e_txt, img, cap, scale, gen)
-    if cfg.distill_terms:
-        relation = split.relations()[cfg.positives]
-        batches = [distill_batch(s, cfg, relation, scale, ctx.teacher, gen)
-                   for s in sides(state, ctx, e_img, e_txt, img.to(ctx.device), cap.to(ctx.device))]
-        for term in cfg.distill_terms:
-            values = [sum(ctx.losses[term.name](b).values()) for b in batches]
-            terms[term.name] = term.weight * 0.5 * (values[0] + values[1])
-    return terms
+    """The weighted loss terms of one training step (the trainer's own :func:`loss_terms`)."""
+    return loss_terms(state, ctx, img, cap, gen)
 
 
 @dataclass
