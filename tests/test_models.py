@@ -156,6 +156,8 @@ def test_cross_encoder_paths_agree(batch, fusion):
     torch.testing.assert_close(scores, teacher.itm_from_fused(fused))
     single = torch.cat([teacher.score(images[i : i + 1], tokens[i : i + 1]) for i in range(6)])
     torch.testing.assert_close(single, scores)  # each pair scored independently of the others in the batch
+    longest = int((tokens != PAD).sum(1).max())
+    torch.testing.assert_close(teacher.score(images, tokens[:, :longest]), scores)  # padding is masked
     shuffled = teacher.score(images, tokens.roll(1, 0))
     assert not torch.allclose(shuffled, scores)  # the score depends on the pairing
     assert teacher.itc_embed_image(img).shape == (6, 24) and teacher.itc_embed_text(txt).shape == (6, 24)
