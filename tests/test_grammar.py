@@ -90,7 +90,8 @@ def test_canonical_writes_left_of_and_above():
 
 def test_parse_on_hand_written_sentences():
     assert parse("there is a little violet plus under a box") == CaptionSpec((Mention(3, 4, 0), Mention(0)), 3)
-    assert parse("a large ball is to the right of a cyan triangle") == CaptionSpec((Mention(1, None, 1), Mention(2, 5)), 1)
+    want = CaptionSpec((Mention(1, None, 1), Mention(2, 5)), 1)
+    assert parse("a large ball is to the right of a cyan triangle") == want
     assert parse("a red square and a big blue circle") == CaptionSpec((Mention(0, 0), Mention(1, 2, 1)))
     assert parse("a yellow cross") == CaptionSpec((Mention(3, 3),))
 

@@ -45,7 +45,8 @@ def files(folder: Path) -> list[str]:
 
 def tensors() -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(0)
-    return {"w": torch.randn(64, 32, generator=gen), "ids": torch.arange(10), "mask": torch.rand(5, generator=gen) > 0.5}
+    w, mask = torch.randn(64, 32, generator=gen), torch.rand(5, generator=gen) > 0.5
+    return {"w": w, "ids": torch.arange(10), "mask": mask}
 
 
 @pytest.fixture

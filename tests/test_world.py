@@ -188,8 +188,8 @@ def test_facts_and_relevance_on_hand_made_scenes(scene, text, expected):
 def test_vectorised_relevance_on_hand_made_scenes():
     texts = [t for _, t, _ in HAND_CASES]
     split = hand_split([SCENE_A, SCENE_B], texts, [0 if s is SCENE_A else 1 for s, _, _ in HAND_CASES])
-    want = torch.tensor([[sum(f) / len(f) if s is scene else relevance(scene, grammar.parse(t)) for s, t, f in HAND_CASES]
-                         for scene in (SCENE_A, SCENE_B)])
+    want = torch.tensor([[sum(f) / len(f) if s is scene else relevance(scene, grammar.parse(t))
+                          for s, t, f in HAND_CASES] for scene in (SCENE_A, SCENE_B)])
     got = split.relevance_block(torch.arange(2), torch.arange(len(texts)))
     torch.testing.assert_close(got, want.float())
     assert got[0, 6].item() == pytest.approx(1 / 3) and got[0, 8].item() == pytest.approx(1 / 2)
@@ -315,7 +315,8 @@ def test_vectorised_truth_agrees_with_the_oracle_on_random_pairs(tiny_world):
     s, gen = tiny_world.train, torch.Generator().manual_seed(0)
     img = torch.randint(s.num_images, (3000,), generator=gen)
     cap = torch.randint(s.num_captions, (3000,), generator=gen)
-    want = torch.tensor([relevance(s.scenes[i], s.captions[c]) for i, c in zip(img.tolist(), cap.tolist(), strict=True)])
+    pairs = zip(img.tolist(), cap.tolist(), strict=True)
+    want = torch.tensor([relevance(s.scenes[i], s.captions[c]) for i, c in pairs])
     torch.testing.assert_close(s.relevance_pairs(img, cap), want.float())
     assert torch.equal(SemanticRelation(s).pairs(img, cap), want == 1.0)
     assert (want == 1.0).sum() > 10 and ((want > 0) & (want < 1)).sum() > 100  # cross-image truths exist
@@ -384,7 +385,7 @@ def test_world_images_show_each_object_in_its_cell(tiny_world):
 def test_shapes_and_sizes_have_distinct_masks():
     masks = {(s, z): shape_mask(s, z) for s in range(4) for z in range(2)}
     for key, m in masks.items():
-        assert m.shape == (CELL, CELL) and 0 <= m.min() and m.max() <= 1
+        assert m.shape == (CELL, CELL) and m.min() >= 0 and m.max() <= 1
         assert all(not np.allclose(m, other) for k, other in masks.items() if k != key)
     assert all(masks[(s, 1)].sum() > masks[(s, 0)].sum() for s in range(4))
     with pytest.raises(ValueError, match="shape must be an index in \\[0, 4\\), got 7"):
@@ -423,7 +424,7 @@ def test_grounding_targets_point_at_shape_words_and_matching_objects(tiny_world)
     positions, cells = s.grounding()
     shape_ids = {grammar.WORD_ID[w] for options in grammar.SHAPE_WORDS.values() for w in options}
     layout = s.layout()
-    for c, spec in enumerate(s.captions):
+    for c in range(s.num_captions):
         scene, mentions = own_scene(s, c), grammar.parse(s.texts[c]).mentions
         for j, m in enumerate(mentions):
             assert int(s.tokens[c, positions[c, j]]) in shape_ids
