@@ -160,3 +160,13 @@ def test_render_covers_all_specs_of_a_small_grid():
             for text in renders(spec, n=8):
                 assert canonical(parse(text)) == canonical(spec)
                 assert len(grammar.tokenize([text])[0].nonzero()) == len(text.split()) + 1
+
+
+def test_world_captions_use_synonyms_templates_and_both_orders(tiny_world):
+    texts = tiny_world.train.texts
+    words = {w for t in texts for w in t.split()}
+    assert {"box", "ball", "plus", "violet", "little", "large", "square", "circle", "cross", "purple"} <= words
+    assert {parse(t).relation for t in texts} == {0, 1, 2, 3}  # every relation word, i.e. both argument orders
+    assert {relation_phrase(t) for t in texts} == {p for options in RELATION_WORDS.values() for p in options}
+    assert any(t.startswith("there is ") for t in texts)
+    assert any(" is " in t and not t.startswith("there") for t in texts)  # "A is left of B"
