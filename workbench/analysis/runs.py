@@ -25,7 +25,7 @@ from workbench.models.student import DualEncoder, StudentConfig
 from workbench.models.teacher import CrossEncoder, TeacherConfig, load_teacher
 from workbench.scores.teacher_scores import TeacherScores
 from workbench.training.config import FitConfig
-from workbench.training.loop import fit
+from workbench.training.loop import fit, needs_teacher
 from workbench.training.stem import pretrain_stem, stem_accuracy
 from workbench.training.teacher import TeacherTrainConfig, train_teacher
 
@@ -112,7 +112,7 @@ def val_retrieval(ws: Workspace):
 def train_student_run(ws: Workspace, cfg: FitConfig, out_dir: str | Path | None, *, rerank: bool = True,
                       resume: bool = False, progress=None, step_callbacks=(), callbacks=()) -> dict[str, Any]:
     """Train one student and evaluate it on the test split; write the run folder when ``out_dir`` is given."""
-    teacher_scores = ws.teacher_scores() if cfg.distill_terms else None
+    teacher_scores = ws.teacher_scores() if needs_teacher(cfg) else None
     student = ws.new_student()
     start = time.time()
     state = fit(cfg, ws.world, student, teacher_scores=teacher_scores, evaluate=val_retrieval(ws), out_dir=out_dir,

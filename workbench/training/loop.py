@@ -22,7 +22,7 @@ import torch
 from workbench.data.nearmiss import NearMisses, build_near_misses
 from workbench.data.world import World
 from workbench.device import autocast, pick_device
-from workbench.losses import get_loss
+from workbench.losses import get_loss, loss_spec
 from workbench.models.student import DualEncoder
 from workbench.scores.mining import EmbeddingQueue
 from workbench.training.batches import near_miss_columns, sample_pairs
@@ -64,6 +64,11 @@ class StepContext:
 def build_losses(cfg: FitConfig) -> dict[str, Callable]:
     """Registry losses for every term (validated before training starts); ``itc`` -> infonce on in-batch slates."""
     return {t.name: get_loss("infonce" if t.name == ITC else t.name, **t.params) for t in cfg.losses}
+
+
+def needs_teacher(cfg: FitConfig) -> bool:
+    """Whether any distillation term reads teacher scores (``infonce`` on mined slates, e.g., does not)."""
+    return any(loss_spec(t.name).needs_teacher for t in cfg.distill_terms)
 
 
 def itc_terms(ctx: StepContext, e_img, e_txt, img, cap, scale, gen) -> torch.Tensor:
@@ -197,9 +202,10 @@ def fit(
         progress: wraps the step range (e.g. ``lambda r: tqdm(r)``).
     """
     losses = build_losses(cfg)
-    if cfg.distill_terms and teacher_scores is None:
-        names = [t.name for t in cfg.distill_terms]
+    if needs_teacher(cfg) and teacher_scores is None:
+        names = [t.name for t in cfg.distill_terms if loss_spec(t.name).needs_teacher]
         raise ValueError(f"loss terms {names} need teacher scores: pass teacher_scores=TeacherScores(...)")
+    teacher_scores = teacher_scores if needs_teacher(cfg) else None
     device = pick_device(cfg.device)
     state = init_state(cfg, student, device)
     near = build_near_misses(world.train) if cfg.near_misses else None
