@@ -25,6 +25,8 @@ class Job:
     out_dir: Path
     cfg: FitConfig
     rerank: bool = False
+    controlled: dict | None = None  # distil from a ControlledTeacher with these settings
+    probe_every: int = 0  # gradient-coordination probe period (0 = off)
 
 
 def finished(job: Job) -> dict[str, Any] | None:
@@ -34,7 +36,9 @@ def finished(job: Job) -> dict[str, Any] | None:
         metrics = read_json(job.out_dir / "metrics.json")
     except (FileNotFoundError, ValueError):
         return None
-    if config.get("fit") != job.cfg.to_dict() or (job.rerank and "rerank" not in metrics):
+    if config.get("fit") != job.cfg.to_dict() or config.get("controlled_teacher") != job.controlled:
+        return None
+    if job.rerank and "rerank" not in metrics:
         return None
     return metrics
 
@@ -54,9 +58,15 @@ def _init_worker(world_cfg: dict, teacher_dir: str | None, store_path: str | Non
 
 
 def _run(job: Job) -> dict[str, Any]:
+
+    return _train(_WORKSPACE, job)
+
+
+def _train(ws, job: Job) -> dict[str, Any]:
     from workbench.analysis.runs import train_student_run
 
-    return train_student_run(_WORKSPACE, job.cfg, job.out_dir, rerank=job.rerank)
+    return train_student_run(ws, job.cfg, job.out_dir, rerank=job.rerank, controlled=job.controlled,
+                             probe_every=job.probe_every)
 
 
 def run_jobs(ws, jobs: list[Job], workers: int | None = None, log=print) -> dict[Path, dict[str, Any]]:
@@ -68,9 +78,7 @@ def run_jobs(ws, jobs: list[Job], workers: int | None = None, log=print) -> dict
     workers = workers or min(4, os.cpu_count() or 1)
     if workers <= 1 or len(todo) <= 1:
         for job in todo:
-            from workbench.analysis.runs import train_student_run
-
-            results[job.out_dir] = train_student_run(ws, job.cfg, job.out_dir, rerank=job.rerank)
+            results[job.out_dir] = _train(ws, job)
             log(f"[runs] done {job.out_dir.name}")
         return results
     threads = max(1, (os.cpu_count() or 1) // workers)

@@ -110,24 +110,56 @@ def val_retrieval(ws: Workspace):
 
 
 def train_student_run(ws: Workspace, cfg: FitConfig, out_dir: str | Path | None, *, rerank: bool = True,
-                      resume: bool = False, progress=None, step_callbacks=(), callbacks=()) -> dict[str, Any]:
-    """Train one student and evaluate it on the test split; write the run folder when ``out_dir`` is given."""
-    teacher_scores = ws.teacher_scores() if needs_teacher(cfg) else None
+                      resume: bool = False, progress=None, step_callbacks=(), callbacks=(),
+                      controlled: dict | None = None, probe_every: int = 0) -> dict[str, Any]:
+    """Train one student and evaluate it on the test split; write the run folder when ``out_dir`` is given.
+
+    Args:
+        controlled: settings of a :class:`~workbench.models.controlled.ControlledTeacher` to distil from instead
+            of the trained teacher (a control experiment; recorded in config.json).
+        probe_every: measure gradient coordination (cosine of ITC's and each term's gradients on a fixed probe
+            batch) every N steps into the history (0 = never).
+    """
+    teacher_scores = None
+    if needs_teacher(cfg):
+        teacher_scores = ws.teacher_scores() if controlled is None else _controlled_scores(ws, controlled)
     student = ws.new_student()
+    callbacks = tuple(callbacks) + _probe_callbacks(cfg, ws, teacher_scores, student, probe_every)
     start = time.time()
     state = fit(cfg, ws.world, student, teacher_scores=teacher_scores, evaluate=val_retrieval(ws), out_dir=out_dir,
                 resume=resume, progress=progress, step_callbacks=step_callbacks, callbacks=callbacks)
     seconds = time.time() - start
     metrics = student_metrics(ws, student, rerank=rerank) | {"train_seconds": seconds}
-    if teacher_scores is not None:
+    if isinstance(teacher_scores, TeacherScores):
         metrics["teacher_store"] = asdict(teacher_scores.stats)
         teacher_scores.close()
     if out_dir is not None:
         out = Path(out_dir)
-        write_json(out / "config.json", run_config(ws, cfg))
+        write_json(out / "config.json", run_config(ws, cfg) | {"controlled_teacher": controlled})
         write_json(out / "history.json", state.history)
         write_json(out / "metrics.json", metrics)
     return metrics
+
+
+def _controlled_scores(ws: Workspace, settings: dict):
+    from workbench.models.controlled import ControlledConfig, ControlledTeacher
+
+    return ControlledTeacher(ws.world.train, ControlledConfig(**settings)).scores
+
+
+def _probe_callbacks(cfg: FitConfig, ws: Workspace, teacher_scores, student, every: int) -> tuple:
+    if not every or len(cfg.losses) < 2:
+        return ()
+    from workbench.analysis.coordination import CoordinationProbe
+
+    probe = CoordinationProbe(cfg, ws.world, teacher_scores)
+    measure = probe.callback(student)
+
+    def callback(step: int, row: dict) -> None:
+        if step % every == 0 or step == cfg.steps:
+            measure(step, row)
+
+    return (callback,)
 
 
 def run_config(ws: Workspace, cfg: FitConfig) -> dict[str, Any]:

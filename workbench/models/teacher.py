@@ -33,7 +33,7 @@ class TeacherConfig:
     heads: int = 4
     mlp: int = 128
     image_layers: int = 1  # unimodal image self-attention layers before fusion
-    text_layers: int = 2  # unimodal text layers before fusion
+    text_layers: int = 1  # unimodal text layers before fusion
     fusion: str = "cross"  # "cross": words cross-attend patches; "single": one stream over [words; patches]
     fusion_layers: int = 3
     prev_token: bool = True

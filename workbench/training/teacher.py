@@ -41,7 +41,7 @@ class TeacherTrainConfig:
     weight_layout: float = 0.0  # layout auxiliary loss: [CLS] predicts where the 2nd object is relative to the 1st
     flip_share: float = 0.3  # share of near-misses that flip the relation (the kind learned last)
     eval_every: int = 250
-    seed: int = 0
+    seed: int = 1  # the committed teacher's seed (with seed 0 relations were still at chance after 4,000 steps)
 
     def __post_init__(self) -> None:
         check_int("steps_binding", self.steps_binding, min_value=0)
