@@ -20,8 +20,9 @@ from workbench.models.teacher import CrossEncoder, PairScorer
 def embed_split(student: DualEncoder, split: Split, batch: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
     """(image embeddings float [N, E], caption embeddings float [M, E]) of a whole split."""
     student.eval()
-    img = torch.cat([student.encode_image(x) for x in split.images.split(batch)])
-    txt = torch.cat([student.encode_text(t) for t in split.tokens.split(batch)])
+    dev = next(student.parameters()).device
+    img = torch.cat([student.encode_image(x.to(dev)).float().cpu() for x in split.images.split(batch)])
+    txt = torch.cat([student.encode_text(t.to(dev)).float().cpu() for t in split.tokens.split(batch)])
     return img, txt
 
 
@@ -45,7 +46,8 @@ def student_scorer(student: DualEncoder, split: Split):
 
     @torch.no_grad()
     def scorer(img: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        return (img_emb[img] * student.encode_text(tokens)).sum(-1)
+        dev = next(student.parameters()).device
+        return (img_emb[img] * student.encode_text(tokens.to(dev)).float().cpu()).sum(-1)
 
     return scorer
 

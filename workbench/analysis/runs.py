@@ -7,6 +7,7 @@ A student run folder holds ``config.json`` (fit, world and teacher settings), ``
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import time
@@ -64,12 +65,16 @@ class Workspace:
         return TeacherScores(self.teacher, self.world.split(split), self.store_path, world_namespace(self.world.config))
 
     def new_student(self, config: StudentConfig | None = None) -> DualEncoder:
-        return DualEncoder(config or StudentConfig(), stem=self.stem)
+        """A fresh student sharing the frozen stem (a CPU copy: the student moves to its device when it trains)."""
+        return DualEncoder(config or StudentConfig(), stem=copy.deepcopy(self.stem).cpu())
 
 
 def open_workspace(world_cfg: WorldConfig | None = None, teacher_dir: str | Path | None = DEFAULT_TEACHER,
-                   store_path: str | Path | None = None) -> Workspace:
-    """Build the world and load the teacher (its stem is shared with students); no teacher -> pretrain a stem."""
+                   store_path: str | Path | None = None, device: str = "auto") -> Workspace:
+    """Build the world and load the teacher (its stem is shared with students); no teacher -> pretrain a stem.
+
+    The teacher goes to ``device`` (CUDA when available for ``"auto"``); students move there when they train.
+    """
     world = build_world(world_cfg or WorldConfig())
     teacher = None
     if teacher_dir is not None:
@@ -77,7 +82,7 @@ def open_workspace(world_cfg: WorldConfig | None = None, teacher_dir: str | Path
             raise CheckpointError(
                 f"no teacher checkpoint in {teacher_dir}: train one with `python -m workbench train-teacher --out DIR`"
             )
-        teacher = load_teacher(teacher_dir)
+        teacher = load_teacher(teacher_dir).to(pick_device(device))
     stem = teacher.stem if teacher is not None else pretrain_stem(world.train)
     return Workspace(world, teacher, stem, Path(store_path) if store_path else None,
                      Path(teacher_dir) if teacher_dir else None)

@@ -50,7 +50,7 @@ def build_eval_slates(student: DualEncoder, teacher: CrossEncoder, split: Split,
     q_idx = torch.randperm(len(q_emb), generator=gen)[:queries].sort().values
     relation = split.relations()["semantic"]
     exclude = relation_exclude(relation, direction, query_ids=q_idx)
-    scale = student.logit_scale.detach()
+    scale = student.logit_scale.detach().cpu()
     hard = mine_hard_negatives(q_emb[q_idx], c_emb, k_hard, positives=exclude, scale=scale)
     easy = sample_easy_negatives(q_emb[q_idx], c_emb, k_easy, beyond_rank=easy_rank, positives=exclude,
                                  generator=gen, scale=scale)
