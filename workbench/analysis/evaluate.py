@@ -95,6 +95,7 @@ def evaluate_student(
     student: DualEncoder, split: Split, *, teacher: CrossEncoder | None = None, k_test: int = 16,
     minimal: MinimalPairs | None = None, graded: tuple[torch.Tensor, torch.Tensor] | None = None,
     progress: bool = False, fusion: str = "itm", pair_scorer: Callable | None = None, dist: Dist | None = None,
+    ks: tuple[int, ...] = (1, 5, 10), embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> dict:
     """All metrics of one student on ``split`` (re-ranking only when a teacher or a pair scorer is given).
 
@@ -108,11 +109,13 @@ def evaluate_student(
         pair_scorer: ``(img [P], cap [P]) -> float [P]`` used instead of the teacher's own scorer (e.g. one backed
             by the score store).
         dist: data-parallel context (default: the initialised process group, if any).
+        ks: recall cut-offs.
+        embeddings: the student's ``(image [N, E], caption [M, E])`` embeddings of ``split`` if already computed.
     """
     dist = current() if dist is None else dist
-    img_emb, txt_emb = embed_split(student, split, dist=dist, progress=progress)
+    img_emb, txt_emb = embeddings or embed_split(student, split, dist=dist, progress=progress)
     relations = split.relations()
-    out: dict = {"retrieval": retrieval_metrics(img_emb, txt_emb, relations)}
+    out: dict = {"retrieval": retrieval_metrics(img_emb, txt_emb, relations, ks=ks)}
     if minimal is not None:
         out["minimal_pairs"] = minimal_pair_accuracy(student_scorer(student, split), minimal)
     if graded is not None:
@@ -122,7 +125,7 @@ def evaluate_student(
         pair_scorer = teacher.pair_scorer(split)
     if pair_scorer is not None:
         out["rerank"] = rerank_metrics(img_emb, txt_emb, relations, sharded_scorer(pair_scorer, dist), k_test=k_test,
-                                       fusion=fusion, progress=progress and dist.is_main)
+                                       ks=ks, fusion=fusion, progress=progress and dist.is_main)
     return out
 
 

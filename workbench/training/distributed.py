@@ -229,8 +229,10 @@ def init_from_environment(device: str = "auto") -> Dist:
     return current()
 
 
-def shutdown() -> None:
-    """Leave the process group (call once at the end of a distributed command)."""
+def shutdown(barrier: bool = True) -> None:
+    """Leave the process group (call once at the end of a distributed command; ``barrier=False`` after an error,
+    when the other ranks may not get there)."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
+        if barrier:
+            torch.distributed.barrier()
         torch.distributed.destroy_process_group()

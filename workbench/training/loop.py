@@ -222,18 +222,20 @@ def embed_split_rows(student, split, device: torch.device, *, dist: Dist = SINGL
     """
     batch = batch or getattr(student, "embed_batch", 1024)
     with autocast(device, amp):
-        img = _embed_rows(student, student.encode_images, split, split.num_images, device, dist, batch, progress)
-        txt = _embed_rows(student, student.encode_texts, split, split.num_captions, device, dist, batch, progress)
+        img = _embed_rows(student, student.encode_images, split, split.num_images, device, dist, batch,
+                          progress and "student images")
+        txt = _embed_rows(student, student.encode_texts, split, split.num_captions, device, dist, batch,
+                          progress and "student captions")
     return img, txt
 
 
-def _embed_rows(student, encode, split, n, device, dist, batch, progress) -> torch.Tensor:
+def _embed_rows(student, encode, split, n, device, dist, batch, progress: str | bool) -> torch.Tensor:
     rows = dist.shard(n)
     chunks = torch.arange(rows.start, rows.stop).split(batch)
     if progress:
         from tqdm.auto import tqdm
 
-        chunks = tqdm(chunks, desc=f"embed {getattr(encode, '__name__', '')}", disable=not dist.is_main)
+        chunks = tqdm(chunks, desc=progress, disable=not dist.is_main)
     parts = [encode(split, idx, device).float() for idx in chunks]
     local = torch.cat(parts) if parts else torch.empty(0, student.embed_dim, device=device)
     return dist.gather_rows(local)
