@@ -149,6 +149,10 @@ def test_student_reads_a_split_as_its_processor_does(student, train_split) -> No
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
         images = student.encode_image(student.prepare_images(train_split.load_images([5, 1])))
         torch.testing.assert_close(student.encode_images(train_split, torch.tensor([5, 1]), "cpu"), images)
+        order = torch.tensor([9, 2, 11, 0, 5, 7, 1])  # opened by 4 threads in chunks, returned in order
+        one_by_one = HFStudent(student.name_or_path, "clip", device="cpu", image_workers=1)
+        torch.testing.assert_close(student.encode_images(train_split, order),
+                                   one_by_one.encode_images(train_split, order))
     assert student.caption_tokens(train_split) is student.caption_tokens(train_split)  # tokenised once per split
     assert student.embed_dim == 16 and student.device.type == "cpu"
 

@@ -41,6 +41,7 @@ import os
 import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -193,6 +194,8 @@ class HFStudent(_Preprocessing, nn.Module):
         device: "auto" (CUDA when available), "cpu", "cuda", ...
         dtype: weights' dtype; default fp32 (train with autocast for mixed precision).
         max_text_length: caption tokens kept; default 77 for CLIP (its positions), 35 for BLIP (LAVIS).
+        image_workers: threads opening and decoding a batch's image files in :meth:`encode_images` (JPEG decoding
+            releases the GIL); 1 opens them one by one.
 
     The trainer and the evaluators read a :class:`KarpathySplit` through :meth:`encode_images` /
     :meth:`encode_texts` (images loaded from disk and preprocessed; captions tokenised once per split).
@@ -208,9 +211,11 @@ class HFStudent(_Preprocessing, nn.Module):
         device: str | torch.device = "auto",
         dtype: torch.dtype | str | None = None,
         max_text_length: int | None = None,
+        image_workers: int = 4,
     ):
         super().__init__()
         self.kind = check_choice("kind", kind, STUDENT_KINDS)
+        self.image_workers = check_int("image_workers", image_workers, min_value=1)
         self.name_or_path = os.fspath(name_or_path)
         device = pick_device(device) if isinstance(device, str) else torch.device(device)
         self.dtype = resolve_dtype(dtype, device, low_precision_on_gpu=False)
@@ -261,8 +266,18 @@ class HFStudent(_Preprocessing, nn.Module):
                       ) -> torch.Tensor:
         """Images ``idx`` long [B] of ``split`` -> L2-normalised embeddings [B, E] on ``device`` (default: the
         student's): files opened with :meth:`KarpathySplit.load_images`, preprocessed by the model's processor."""
-        out = self.encode_image(self.prepare_images(split.load_images(idx)))
+        out = self.encode_image(self.prepare_images(self._load_images(split, _index_list(idx))))
         return out if device is None else out.to(device)
+
+    def _load_images(self, split: KarpathySplit, idx: list[int]) -> list[Any]:
+        """PIL images of ``idx``, in order, opened by up to ``image_workers`` threads (contiguous chunks)."""
+        workers = min(self.image_workers, len(idx))
+        if workers <= 1:
+            return split.load_images(idx)
+        size = -(-len(idx) // workers)
+        with ThreadPoolExecutor(workers) as pool:
+            chunks = pool.map(split.load_images, [idx[i : i + size] for i in range(0, len(idx), size)])
+            return [image for chunk in chunks for image in chunk]
 
     def encode_texts(self, split: KarpathySplit, idx: torch.Tensor, device: torch.device | None = None
                      ) -> torch.Tensor:
