@@ -112,7 +112,7 @@ def test_cli_mines_scores_trains_and_evaluates(paths, teacher, capsys) -> None:
     assert config["fit"]["positives"] == "coco" and config["real"]["student"] == str(paths["clip"])
 
     # 3. re-evaluate from the run folder alone, fused as LAVIS: every re-ranking pair is already stored
-    assert main(["eval", "--checkpoint", str(run), "--store", str(store), "--fusion", "itm+itc",
+    assert main(["eval", "--checkpoint", str(run), "--fusion", "itm+itc",  # the store: the run's
                  "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert re.search(r"re-ranking: i2t 4 queries x 4 \+ t2i 20 queries x 4 = 96 pairs \(\d+ distinct\); "

@@ -28,6 +28,8 @@ from pathlib import Path
 
 from workbench.io import CheckpointError
 
+DEFAULT_STORE = "runs/teacher_scores.sqlite"
+
 
 def _add_world(p: argparse.ArgumentParser) -> None:
     p.add_argument("--world", default="default", choices=["default", "smoke"], help="world size preset")
@@ -38,7 +40,8 @@ def _add_teacher(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher", default=None,
                    help="built-in: teacher checkpoint folder (train-teacher output; default: the committed one); "
                         "real data: BLIP ITM hub name or local folder (default: Salesforce/blip-itm-base-<dataset>)")
-    p.add_argument("--store", default="runs/teacher_scores.sqlite", help="persistent teacher-score store (SQLite)")
+    p.add_argument("--store", default=None,
+                   help=f"persistent teacher-score store (SQLite; default: the run's, else {DEFAULT_STORE})")
 
 
 def _add_data(p: argparse.ArgumentParser, default: str | None = "builtin") -> None:
@@ -59,10 +62,9 @@ def _add_data(p: argparse.ArgumentParser, default: str | None = "builtin") -> No
                    help="real data: teacher image encodings kept while training (LRU; ~0.9 MB each for BLIP-base)")
 
 
-def _add_eval(p: argparse.ArgumentParser, k_test: bool = True) -> None:
-    if k_test:
-        p.add_argument("--k-test", type=int, default=None,
-                       help="teacher re-ranks the student's top k_test (default: 16 built-in, 128 Flickr30K, 256 COCO)")
+def _add_eval(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--k-test", type=int, default=None,
+                   help="teacher re-ranks the student's top k_test (default: 16 built-in, 128 Flickr30K, 256 COCO)")
     p.add_argument("--fusion", default="itm", choices=["itm", "itm+itc"],
                    help="re-ranking score: ITM alone, or ITM + ITC as LAVIS (real data)")
 
@@ -196,14 +198,14 @@ def _real_workspace(args, saved: dict | None = None, device: str = "auto"):
 
     saved = saved or {}
 
-    def pick(name: str, key: str | None = None):
+    def pick(name: str):
         value = getattr(args, name, None)
-        return value if value not in (None, False) else saved.get(key or name)
+        return value if value not in (None, False) else saved.get(name)
 
     return open_real_workspace(
         pick("dataset"), pick("karpathy_json"), pick("image_root"), teacher=pick("teacher"),
-        student=pick("student"), student_kind=pick("student_kind") or "clip", store=args.store, device=device,
-        max_images=pick("max_images"), restval_as_train=bool(pick("restval_as_train")),
+        student=pick("student"), student_kind=pick("student_kind") or "clip", store=pick("store") or DEFAULT_STORE,
+        device=device, max_images=pick("max_images"), restval_as_train=bool(pick("restval_as_train")),
         teacher_cache_images=args.teacher_cache_images)
 
 
@@ -260,7 +262,7 @@ def cmd_train(args) -> int:
     _check_fusion(args)
     if args.k_test not in (None, 16):
         raise ValueError("--k-test: the built-in `train` re-ranks the top 16; use `eval --k-test K` afterwards")
-    ws = open_workspace(_world_cfg(args), _builtin_teacher(args), args.store)
+    ws = open_workspace(_world_cfg(args), _builtin_teacher(args), args.store or DEFAULT_STORE)
     dist = current()
     if cfg.distill_terms:
         scores = ws.teacher_scores()
@@ -355,7 +357,7 @@ def cmd_eval(args) -> int:
     _check_fusion(args)
     k_test = 16 if args.k_test is None else args.k_test
     student = load_student(ckpt)
-    ws = open_workspace(WorldConfig(**config.get("world", {})), _builtin_teacher(args), args.store)
+    ws = open_workspace(WorldConfig(**config.get("world", {})), _builtin_teacher(args), args.store or DEFAULT_STORE)
     test = ws.world.test
     _say(protocol_card("builtin", test, k_test=k_test).text())
     _say(TeacherCost("re-ranking", (("i2t", test.num_images, k_test), ("t2i", test.num_captions, k_test))).text())
@@ -373,7 +375,7 @@ def _eval_real(args, run: Path, ckpt: Path, config: dict) -> int:
     from workbench.training.checkpoint import load_student
 
     ws = _real_workspace(args, config.get("real"), device=args.device)
-    student = load_student(ckpt, device=ws._device())
+    student = load_student(ckpt, device=ws.model_device)
     card = eval_card(ws, args.split, k_test=args.k_test, rerank=not args.no_rerank, fusion=args.fusion)
     _say(card.text())
     metrics = real_student_metrics(ws, student, card, announce=_say, progress=_is_main())
@@ -399,7 +401,7 @@ def cmd_teacher_scores(args) -> int:
         raise ValueError("--checkpoint is required on the built-in world (the student whose candidates get scored)")
     _, ckpt, _ = _run_folders(args.checkpoint)
     student = load_student(ckpt)
-    ws = open_workspace(WorldConfig(**config.get("world", {})), _builtin_teacher(args), args.store)
+    ws = open_workspace(WorldConfig(**config.get("world", {})), _builtin_teacher(args), args.store or DEFAULT_STORE)
     split = ws.world.split(args.split)
     scores = ws.teacher_scores(args.split)
     img, txt = embed_split(student, split)
@@ -423,7 +425,7 @@ def _teacher_scores_real(args, config: dict) -> int:
 
     ws = _real_workspace(args, config.get("real"), device=args.device)
     if args.checkpoint:
-        student = load_student(_run_folders(args.checkpoint)[1], device=ws._device())
+        student = load_student(_run_folders(args.checkpoint)[1], device=ws.model_device)
     else:
         student = ws.new_student()
     out = fill_store(ws, student, args.split, args.top, announce=_say)

@@ -161,8 +161,10 @@ class TeacherCost:
             distinct = "" if self.distinct in (None, self.pairs) else f" ({self.distinct:,} distinct)"
             return (f"{head}{distinct}; {self.stored:,} already in the store -> {self.to_compute:,} teacher "
                     "pair scores")
-        rows = "" if self.store_rows is None else f"; the store holds {self.store_rows:,} scores of this teacher here"
-        return f"{head} at most (repeats and store hits are free){rows}"
+        if self.store_rows is None:
+            return f"{head} at most (a pair in both directions' slates is scored once)"
+        return (f"{head} at most (repeats and store hits are free); the store holds {self.store_rows:,} scores of "
+                "this teacher here")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self) | {"pairs": self.pairs, "to_compute": self.to_compute}

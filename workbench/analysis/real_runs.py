@@ -111,13 +111,13 @@ class RealWorkspace:
         if self._teacher is None:
             from workbench.models.hf import HFTeacher
 
-            self._teacher = HFTeacher(self.teacher_source, device=self._device())
+            self._teacher = HFTeacher(self.teacher_source, device=self.model_device)
         return self._teacher
 
     def new_student(self) -> Any:
         from workbench.models.hf import HFStudent
 
-        return HFStudent(self.student_source, self.student_kind, device=self._device())
+        return HFStudent(self.student_source, self.student_kind, device=self.model_device)
 
     def teacher_scores(self, split: str = "train") -> TeacherScores:
         """Store-backed teacher scores of a split (training: an LRU cache of ``teacher_cache_images`` image
@@ -126,7 +126,9 @@ class RealWorkspace:
         return TeacherScores(self.teacher, self.data.split(split), self.store_path, self.data.namespace,
                              max_cached_images=limit)
 
-    def _device(self) -> str | torch.device:
+    @property
+    def model_device(self) -> str | torch.device:
+        """Where the models go: this process's device under a launcher, else the configured one."""
         dist = current()
         return dist.device if dist.enabled and dist.device is not None else self.device
 
