@@ -16,7 +16,9 @@ on GPUs, gloo on CPUs) and picks each rank's device. The trainer then talks to t
   ITC and mining see the global batch while each rank back-propagates through its own encoder only;
 - **parameters**: after ``backward``, :meth:`Dist.average_gradients` averages the gradients (one flat
   ``all_reduce``), which makes the update equal to the single-process update on the global batch (each rank's
-  loss is a mean over its own queries, and the global loss is the mean of those means);
+  loss is a mean over its own queries, and the global loss is the mean of those means; losses that average over
+  slate entries instead of rows, such as ``mse``, ``margin_mse`` and ``ranknet``, are exact only when every rank
+  has as many valid entries, as with in-batch hard mining);
 - **teacher store**: each rank opens its own connection to the same SQLite file (the store supports concurrent
   writers); **evaluation**: each rank embeds a slice of the split (:meth:`Dist.shard`), :meth:`Dist.gather_rows`
   joins them; **checkpoints**: written by the main process only.
