@@ -1,11 +1,18 @@
-"""One call to evaluate a student (and optionally the teacher re-ranking it) on a split of the built-in world.
+"""One call to evaluate a student (and optionally the teacher re-ranking it) on a split.
 
-Reports, side by side: retrieval R@1/5/10 both directions and RSUM in the semantic and COCO protocols, the
-teacher re-ranking of the student's top-``k_test``, minimal-pair accuracy per perturbation kind, and the graded
-ranking score (Spearman between model scores and the world's relevance on a fixed stratified set of pairs).
+Reports, side by side: retrieval R@1/5/10 both directions and RSUM in every protocol of the split (built-in world:
+semantic and COCO; Karpathy splits: COCO), the teacher re-ranking of the student's top-``k_test``, and, on the
+built-in world, minimal-pair accuracy per perturbation kind and the graded ranking score (Spearman between model
+scores and the world's relevance on a fixed stratified set of pairs).
+
+Both worlds go through the same code: students are read through ``encode_images`` / ``encode_texts``, teachers
+through ``pair_scorer(split)``. Across processes (``accelerate launch``) each rank embeds a slice of the split and
+scores a slice of every batch of re-ranking pairs; the slices are gathered, so every rank returns the same metrics.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 
@@ -13,17 +20,37 @@ from workbench.analysis.minimal_pairs import minimal_pair_accuracy
 from workbench.analysis.retrieval import graded_spearman, rerank_metrics, retrieval_metrics
 from workbench.data.world import MinimalPairs, Split
 from workbench.models.student import DualEncoder
-from workbench.models.teacher import CrossEncoder, PairScorer
+from workbench.models.teacher import CrossEncoder
+from workbench.training.distributed import Dist, current
+from workbench.training.loop import embed_split_rows
 
 
 @torch.no_grad()
-def embed_split(student: DualEncoder, split: Split, batch: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
-    """(image embeddings float [N, E], caption embeddings float [M, E]) of a whole split."""
+def embed_split(student: DualEncoder, split: Split, batch: int | None = None, *, dist: Dist | None = None,
+                progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(image embeddings float [N, E], caption embeddings float [M, E]) of a whole split, on the student's device.
+
+    ``batch`` rows per call (default: the student's ``embed_batch``); sharded over the ranks when distributed.
+    """
     student.eval()
-    dev = next(student.parameters()).device
-    img = torch.cat([student.encode_image(x.to(dev)).float().cpu() for x in split.images.split(batch)])
-    txt = torch.cat([student.encode_text(t.to(dev)).float().cpu() for t in split.tokens.split(batch)])
-    return img, txt
+    device = next(student.parameters()).device
+    return embed_split_rows(student, split, device, dist=current() if dist is None else dist, batch=batch,
+                            progress=progress)
+
+
+def sharded_scorer(pair_scorer: Callable, dist: Dist) -> Callable:
+    """``pair_scorer`` with each call's pairs split over the ranks and the scores gathered (identity in one
+    process). Every rank must make the same calls in the same order (as :func:`rerank_metrics` does)."""
+    if not dist.enabled:
+        return pair_scorer
+
+    @torch.no_grad()
+    def score(img: torch.Tensor, cap: torch.Tensor) -> torch.Tensor:
+        rows = dist.shard(len(img))
+        local = pair_scorer(img[rows.start : rows.stop], cap[rows.start : rows.stop])
+        return dist.gather_rows(local.float().reshape(-1)).to(img.device)
+
+    return score
 
 
 def graded_pairs(split: Split, per_level: int = 500, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,8 +73,7 @@ def student_scorer(student: DualEncoder, split: Split):
 
     @torch.no_grad()
     def scorer(img: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        dev = next(student.parameters()).device
-        return (img_emb[img] * student.encode_text(tokens.to(dev)).float().cpu()).sum(-1)
+        return (img_emb[img.to(img_emb.device)] * student.encode_text(tokens.to(img_emb.device))).sum(-1).cpu()
 
     return scorer
 
@@ -68,20 +94,39 @@ def teacher_token_scorer(teacher: CrossEncoder, split: Split):
 def evaluate_student(
     student: DualEncoder, split: Split, *, teacher: CrossEncoder | None = None, k_test: int = 16,
     minimal: MinimalPairs | None = None, graded: tuple[torch.Tensor, torch.Tensor] | None = None,
-    progress: bool = False,
+    progress: bool = False, fusion: str = "itm", pair_scorer: Callable | None = None, dist: Dist | None = None,
+    ks: tuple[int, ...] = (1, 5, 10), embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> dict:
-    """All metrics of one student on ``split`` (re-ranking only when a teacher is given)."""
-    img_emb, txt_emb = embed_split(student, split)
+    """All metrics of one student on ``split`` (re-ranking only when a teacher or a pair scorer is given).
+
+    Args:
+        student: a built-in :class:`DualEncoder` or an :class:`~workbench.models.hf.HFStudent`.
+        split: a built-in split or a :class:`~workbench.data.karpathy.KarpathySplit`.
+        teacher: re-ranks the student's top ``k_test`` through ``teacher.pair_scorer(split)``.
+        k_test: slate re-ranked per query.
+        minimal, graded: built-in world only: minimal pairs and graded pairs.
+        fusion: ``"itm"`` (teacher score alone) or ``"itm+itc"`` (teacher score + the student's cosine, as LAVIS).
+        pair_scorer: ``(img [P], cap [P]) -> float [P]`` used instead of the teacher's own scorer (e.g. one backed
+            by the score store).
+        dist: data-parallel context (default: the initialised process group, if any).
+        ks: recall cut-offs.
+        embeddings: the student's ``(image [N, E], caption [M, E])`` embeddings of ``split`` if already computed.
+    """
+    dist = current() if dist is None else dist
+    img_emb, txt_emb = embeddings or embed_split(student, split, dist=dist, progress=progress)
+    img_emb, txt_emb = img_emb.float().cpu(), txt_emb.float().cpu()  # metrics run blocked on the CPU
     relations = split.relations()
-    out: dict = {"retrieval": retrieval_metrics(img_emb, txt_emb, relations)}
+    out: dict = {"retrieval": retrieval_metrics(img_emb, txt_emb, relations, ks=ks)}
     if minimal is not None:
         out["minimal_pairs"] = minimal_pair_accuracy(student_scorer(student, split), minimal)
     if graded is not None:
         scores = (img_emb[graded[0]] * txt_emb[graded[1]]).sum(-1)
         out["graded_spearman"] = graded_spearman(scores, split.relevance_pairs(*graded))
-    if teacher is not None:
-        scorer = PairScorer(teacher, split.images, split.tokens)
-        out["rerank"] = rerank_metrics(img_emb, txt_emb, relations, scorer, k_test=k_test, progress=progress)
+    if pair_scorer is None and teacher is not None:
+        pair_scorer = teacher.pair_scorer(split)
+    if pair_scorer is not None:
+        out["rerank"] = rerank_metrics(img_emb, txt_emb, relations, sharded_scorer(pair_scorer, dist), k_test=k_test,
+                                       ks=ks, fusion=fusion, progress=progress and dist.is_main)
     return out
 
 
@@ -92,6 +137,6 @@ def evaluate_teacher(
     """The teacher's own minimal-pair accuracy and graded Spearman (its ITM logits vs relevance)."""
     out = {"minimal_pairs": minimal_pair_accuracy(teacher_token_scorer(teacher, split), minimal)}
     if graded is not None:
-        scorer = PairScorer(teacher, split.images, split.tokens)
+        scorer = teacher.pair_scorer(split)
         out["graded_spearman"] = graded_spearman(scorer(*graded), split.relevance_pairs(*graded))
     return out

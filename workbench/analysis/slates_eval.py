@@ -45,7 +45,7 @@ def build_eval_slates(student: DualEncoder, teacher: CrossEncoder, split: Split,
                       easy_rank: int = 100, seed: int = 0) -> EvalSlates:
     """Slates for up to ``queries`` queries of ``direction`` (a fixed random subset when there are more)."""
     gen = torch.Generator().manual_seed(seed)
-    img_emb, txt_emb = embed_split(student, split)
+    img_emb, txt_emb = (e.float().cpu() for e in embed_split(student, split))
     q_emb, c_emb = (img_emb, txt_emb) if direction == "i2t" else (txt_emb, img_emb)
     q_idx = torch.randperm(len(q_emb), generator=gen)[:queries].sort().values
     relation = split.relations()["semantic"]

@@ -38,8 +38,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -192,7 +194,14 @@ class HFStudent(_Preprocessing, nn.Module):
         device: "auto" (CUDA when available), "cpu", "cuda", ...
         dtype: weights' dtype; default fp32 (train with autocast for mixed precision).
         max_text_length: caption tokens kept; default 77 for CLIP (its positions), 35 for BLIP (LAVIS).
+        image_workers: threads opening and decoding a batch's image files in :meth:`encode_images` (JPEG decoding
+            releases the GIL); 1 opens them one by one.
+
+    The trainer and the evaluators read a :class:`KarpathySplit` through :meth:`encode_images` /
+    :meth:`encode_texts` (images loaded from disk and preprocessed; captions tokenised once per split).
     """
+
+    embed_batch = 128  # images / captions per call when a whole split is embedded
 
     def __init__(
         self,
@@ -202,12 +211,14 @@ class HFStudent(_Preprocessing, nn.Module):
         device: str | torch.device = "auto",
         dtype: torch.dtype | str | None = None,
         max_text_length: int | None = None,
+        image_workers: int = 4,
     ):
         super().__init__()
         self.kind = check_choice("kind", kind, STUDENT_KINDS)
+        self.image_workers = check_int("image_workers", image_workers, min_value=1)
         self.name_or_path = os.fspath(name_or_path)
-        self.device = pick_device(device) if isinstance(device, str) else torch.device(device)
-        self.dtype = resolve_dtype(dtype, self.device, low_precision_on_gpu=False)
+        device = pick_device(device) if isinstance(device, str) else torch.device(device)
+        self.dtype = resolve_dtype(dtype, device, low_precision_on_gpu=False)
         self.model = self._load_model(name_or_path)
         self.processor = _load(_auto_processor(), name_or_path, "student processor")
         self.max_text_length = _max_text_length(self.model, kind, max_text_length)
@@ -215,7 +226,19 @@ class HFStudent(_Preprocessing, nn.Module):
             init = math.exp(-self.model.config.logit_scale_init_value)
             self.temp = nn.Parameter(torch.tensor(init, dtype=self.dtype))
             self._freeze_unused_blip_parts()
-        self.to(device=self.device, dtype=self.dtype)
+        self._captions: dict[int, tuple[weakref.ref, CaptionTokens]] = {}
+        self.to(device=device, dtype=self.dtype)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the weights are (follows ``.to(...)``); inputs are prepared there."""
+        return next(self.parameters()).device
+
+    @property
+    def embed_dim(self) -> int:
+        """Size of the joint embedding space (CLIP's ``projection_dim``, BLIP's ``image_text_hidden_size``)."""
+        config = self.model.config
+        return config.projection_dim if self.kind == "clip" else config.image_text_hidden_size
 
     def _load_model(self, name_or_path: str | os.PathLike) -> nn.Module:
         from transformers import BlipForImageTextRetrieval, CLIPModel
@@ -238,6 +261,40 @@ class HFStudent(_Preprocessing, nn.Module):
         if self.kind == "clip":
             return self.model.logit_scale.exp().clamp(max=100.0)
         return 1.0 / self.temp.clamp(0.001, 0.5)
+
+    def encode_images(self, split: KarpathySplit, idx: torch.Tensor, device: torch.device | None = None
+                      ) -> torch.Tensor:
+        """Images ``idx`` long [B] of ``split`` -> L2-normalised embeddings [B, E] on ``device`` (default: the
+        student's): files opened with :meth:`KarpathySplit.load_images`, preprocessed by the model's processor."""
+        out = self.encode_image(self.prepare_images(self._load_images(split, _index_list(idx))))
+        return out if device is None else out.to(device)
+
+    def _load_images(self, split: KarpathySplit, idx: list[int]) -> list[Any]:
+        """PIL images of ``idx``, in order, opened by up to ``image_workers`` threads (contiguous chunks)."""
+        workers = min(self.image_workers, len(idx))
+        if workers <= 1:
+            return split.load_images(idx)
+        size = -(-len(idx) // workers)
+        with ThreadPoolExecutor(workers) as pool:
+            chunks = pool.map(split.load_images, [idx[i : i + size] for i in range(0, len(idx), size)])
+            return [image for chunk in chunks for image in chunk]
+
+    def encode_texts(self, split: KarpathySplit, idx: torch.Tensor, device: torch.device | None = None
+                     ) -> torch.Tensor:
+        """Captions ``idx`` long [B] of ``split`` -> L2-normalised embeddings [B, E] on ``device``; each caption is
+        tokenised once per split (cached) and a batch is padded to its longest caption, as :meth:`prepare_texts`."""
+        ids, mask = self.caption_tokens(split).batch(_index_list(idx))
+        out = self.encode_text(ids, mask)
+        return out if device is None else out.to(device)
+
+    def caption_tokens(self, split: KarpathySplit) -> CaptionTokens:
+        """The cached tokeniser of ``split``'s captions (one per split object)."""
+        entry = self._captions.get(id(split))
+        if entry is None or entry[0]() is not split:
+            self._captions = {k: v for k, v in self._captions.items() if v[0]() is not None}
+            entry = (weakref.ref(split), CaptionTokens(self.processor.tokenizer, split.texts, self.max_text_length))
+            self._captions[id(split)] = entry
+        return entry[1]
 
     def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """pixel_values float [B, 3, H, W] -> L2-normalised image embeddings [B, E]."""
@@ -281,8 +338,51 @@ class HFStudent(_Preprocessing, nn.Module):
 
     def config_dict(self) -> dict[str, Any]:
         """What rebuilds this adapter (besides the weights)."""
-        return {"name_or_path": self.name_or_path, "kind": self.kind, "dtype": str(self.dtype).removeprefix("torch."),
-                "max_text_length": self.max_text_length}
+        return {"adapter": "HFStudent", "name_or_path": self.name_or_path, "kind": self.kind,
+                "dtype": str(self.dtype).removeprefix("torch."), "max_text_length": self.max_text_length}
+
+
+def student_from_checkpoint(config: dict[str, Any], weights: dict[str, torch.Tensor], *,
+                            device: str | torch.device = "auto") -> HFStudent:
+    """Rebuild a trained :class:`HFStudent` from a student checkpoint's ``config`` and ``weights``: the base model
+    and processor come from ``config["name_or_path"]`` (which must still be reachable), the weights from the file."""
+    student = HFStudent(config["name_or_path"], config["kind"], device=device, dtype=config.get("dtype"),
+                        max_text_length=config.get("max_text_length"))
+    missing, unexpected = student.load_state_dict(weights, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"the checkpoint does not fit {config['name_or_path']!r} ({config['kind']}): "
+                         f"missing {missing[:3]}, unexpected {unexpected[:3]}")
+    return student.eval()
+
+
+def _index_list(idx: Any) -> list[int]:
+    return idx.tolist() if isinstance(idx, torch.Tensor) else [int(i) for i in idx]
+
+
+class CaptionTokens:
+    """A split's captions tokenised on first use (each once) and padded per batch.
+
+    ``tokens.batch(idx)`` -> ``(input_ids long [P, T], attention_mask long [P, T])`` on CPU, right-padded with the
+    tokenizer's pad token to the batch's longest caption, truncated to ``max_length`` tokens: the same tensors as
+    ``tokenizer(texts, padding="longest", truncation=True, max_length=max_length)``.
+    """
+
+    def __init__(self, tokenizer: Any, texts: Sequence[str], max_length: int):
+        self.tokenizer, self.texts, self.max_length = tokenizer, texts, max_length
+        self._ids: dict[int, torch.Tensor] = {}  # caption index -> long [T_c], unpadded
+
+    def batch(self, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        missing = [c for c in dict.fromkeys(idx) if c not in self._ids]
+        if missing:
+            encoded = self.tokenizer([self.texts[c] for c in missing], truncation=True,
+                                     max_length=self.max_length)["input_ids"]
+            for c, ids in zip(missing, encoded, strict=True):
+                self._ids[c] = torch.tensor(ids, dtype=torch.long)
+        rows = [self._ids[c] for c in idx]
+        ids = nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=self.tokenizer.pad_token_id)
+        lengths = torch.tensor([len(r) for r in rows])
+        mask = (torch.arange(ids.shape[1]) < lengths.unsqueeze(1)).long()
+        return ids, mask
 
 
 def _auto_processor() -> Any:
@@ -421,6 +521,15 @@ class HFTeacher(_Preprocessing):
         tokens = self.prepare_texts(texts)
         return self.itm(self.encode_image(self.prepare_images(images)), tokens["input_ids"], tokens["attention_mask"])
 
+    def pair_scorer(self, split: KarpathySplit, **kwargs: Any) -> HFPairScorer:
+        """An :class:`HFPairScorer` over ``split`` (keyword arguments: its ``batch``, ``image_batch``,
+        ``max_cached_images``, ``cache_device``)."""
+        return HFPairScorer(self, split, **kwargs)
+
+    def fingerprint_config(self) -> dict[str, Any]:
+        """The teacher interface's name for :meth:`config_for_fingerprint`."""
+        return self.config_for_fingerprint()
+
     def config_for_fingerprint(self) -> dict[str, Any]:
         """What besides the weights determines the scores, for the score store's fingerprint
         (``workbench.scores.fingerprint.fingerprint_module(teacher.model, teacher.config_for_fingerprint())``)."""
@@ -490,7 +599,7 @@ class HFPairScorer:
         self.max_cached_images = max_cached_images
         self.cache_device = teacher.device if cache_device is None else torch.device(cache_device)
         self._images: OrderedDict[int, torch.Tensor] = OrderedDict()  # image index -> [S, D]
-        self._tokens: dict[int, torch.Tensor] = {}  # caption index -> long [T_c], unpadded
+        self._tokens = CaptionTokens(teacher.processor.tokenizer, split.texts, teacher.max_text_length)
         self.pairs_scored = 0
         self.images_encoded = 0
 
@@ -554,16 +663,4 @@ class HFPairScorer:
 
     def _token_batch(self, cap: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """(input_ids long [P, T], attention_mask long [P, T]) padded to the batch's longest caption."""
-        missing = [c for c in dict.fromkeys(cap) if c not in self._tokens]
-        if missing:
-            encoded = self.teacher.processor.tokenizer(
-                [self.split.texts[c] for c in missing], truncation=True, max_length=self.teacher.max_text_length
-            )["input_ids"]
-            for c, ids in zip(missing, encoded, strict=True):
-                self._tokens[c] = torch.tensor(ids, dtype=torch.long)
-        rows = [self._tokens[c] for c in cap]
-        pad_id = self.teacher.processor.tokenizer.pad_token_id
-        ids = nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=pad_id)
-        lengths = torch.tensor([len(r) for r in rows])
-        mask = (torch.arange(ids.shape[1]) < lengths.unsqueeze(1)).long()
-        return ids, mask
+        return self._tokens.batch(cap)

@@ -56,9 +56,11 @@ class StudentConfig:
 
 
 class DualEncoder(nn.Module):
-    """Student interface: ``encode_image``, ``encode_text``, ``logit_scale``."""
+    """Student interface: ``encode_image``, ``encode_text``, ``logit_scale``; the trainer and evaluators read a
+    split through ``encode_images(split, idx, device)`` / ``encode_texts(split, idx, device)``."""
 
     kind = "student"
+    embed_batch = 1024  # rows per call when a whole split is embedded
 
     def __init__(self, config: StudentConfig | None = None, stem: PatchStem | None = None):
         super().__init__()
@@ -79,6 +81,18 @@ class DualEncoder(nn.Module):
     def logit_scale(self) -> torch.Tensor:
         """Scalar multiplying cosine similarities (exp of a learned log, clamped at ``max_logit_scale``)."""
         return self.log_scale.exp().clamp(max=self.config.max_logit_scale)
+
+    @property
+    def embed_dim(self) -> int:
+        return self.config.embed_dim
+
+    def encode_images(self, split, idx: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """Images ``idx`` long [B] of a built-in split -> L2-normalised float [B, embed_dim] (run on ``device``)."""
+        return self.encode_image(split.images[idx].to(device, non_blocking=True))
+
+    def encode_texts(self, split, idx: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """Captions ``idx`` long [B] of a built-in split -> L2-normalised float [B, embed_dim] (run on ``device``)."""
+        return self.encode_text(split.tokens[idx].to(device))
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """float [B, 3, 24, 24] -> L2-normalised float [B, embed_dim]."""

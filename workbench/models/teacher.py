@@ -140,6 +140,14 @@ class CrossEncoder(nn.Module):
     def config_dict(self) -> dict:
         return asdict(self.config)
 
+    def fingerprint_config(self) -> dict:
+        """What besides the weights determines the scores (for the score store's fingerprint)."""
+        return self.config_dict()
+
+    def pair_scorer(self, split, batch: int = 2048) -> PairScorer:
+        """A :class:`PairScorer` over a built-in split's (image, caption) index pairs."""
+        return PairScorer(self, split.images, split.tokens, batch)
+
 
 class PairScorer:
     """Scores (image index, caption index) pairs of one split with a frozen teacher, encoding each image and caption

@@ -60,9 +60,20 @@ def load_trainer_state(folder: Path, state: TrainState, cfg: FitConfig) -> None:
     state.step = int(meta["step"])
 
 
-def load_student(folder: str | Path) -> DualEncoder:
-    """A trained student from a checkpoint folder (checksum verified; wrong kind or corrupt -> CheckpointError)."""
+def load_student(folder: str | Path, device: str = "auto") -> DualEncoder:
+    """A trained student from a checkpoint folder (checksum verified; wrong kind or corrupt -> CheckpointError).
+
+    A built-in :class:`DualEncoder` (on the CPU), or an :class:`~workbench.models.hf.HFStudent` (on ``device``) when
+    the checkpoint was written by one (its base model and processor are loaded from its recorded source).
+    """
     meta, weights = load_checkpoint(folder, kind="student")
+    if meta["config"].get("adapter") == "HFStudent":
+        from workbench.models.hf import student_from_checkpoint
+
+        try:
+            return student_from_checkpoint(meta["config"], weights, device=device)
+        except ValueError as err:
+            raise CheckpointError(f"checkpoint {folder}: {err}") from err
     student = DualEncoder(StudentConfig.from_dict(meta["config"]))
     try:
         student.load_state_dict(weights)

@@ -8,6 +8,15 @@ Each step: sample a batch of images with one own caption each, embed both, ITC o
 directions, multi-positive), then for every distillation term mine K negatives per query in each direction, look
 up the teacher's scores (store), and apply the registered loss to the ScoreBatch. The objective is the weighted
 sum of every term; each term is logged.
+
+One trainer for both worlds: the student reads its inputs through ``student.encode_images(split, idx, device)`` /
+``student.encode_texts(split, idx, device)`` (the built-in :class:`DualEncoder` indexes the split's tensors, the
+`transformers` :class:`~workbench.models.hf.HFStudent` loads images and tokenises captions), so ``world`` is
+anything with a ``train`` split: the built-in :class:`World` or a Karpathy dataset (``positives="coco"``).
+
+Several processes (``accelerate launch``): ``dist`` (:mod:`workbench.training.distributed`) gives each rank a
+slice of the global batch, gathers embeddings with gradient for ITC and mining, averages gradients, and lets only
+the main process write checkpoints. ``cfg.batch`` is the per-rank batch; one process runs exactly as before.
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ from workbench.training.batches import near_miss_columns, sample_pairs
 from workbench.training.checkpoint import load_trainer_state, save_trainer_state
 from workbench.training.common import make_optimizer, seed_everything
 from workbench.training.config import ITC, FitConfig
+from workbench.training.distributed import SINGLE, Dist, current
 from workbench.training.slates import Side, distill_batch, itc_batch
 
 Callback = Callable[[int, dict[str, Any]], None]
@@ -52,13 +62,34 @@ class TrainState:
 class StepContext:
     """What a step needs besides the state: data, losses, teacher, device."""
 
-    world: World
+    world: World  # or any object with a ``train`` split (e.g. a Karpathy dataset)
     cfg: FitConfig
-    student: DualEncoder
+    student: DualEncoder  # or an HFStudent: anything with encode_images / encode_texts / logit_scale
     losses: dict[str, Callable]
     teacher: Callable | None
     near: NearMisses | None
     device: torch.device
+    dist: Dist = SINGLE
+
+
+@dataclass
+class BatchView:
+    """A step's embeddings: this rank's batch (grad) and the global batch of all ranks (the same tensors in one
+    process; gathered with gradient across processes).
+
+    Attributes:
+        e_img, e_txt: float [B, E] local embeddings; img, cap: long [B] their split indices (on the device).
+        all_img, all_txt: float [G, E] global embeddings (G = B x world_size); all_img_ids, all_cap_ids: long [G].
+    """
+
+    e_img: torch.Tensor
+    e_txt: torch.Tensor
+    img: torch.Tensor
+    cap: torch.Tensor
+    all_img: torch.Tensor
+    all_txt: torch.Tensor
+    all_img_ids: torch.Tensor
+    all_cap_ids: torch.Tensor
 
 
 def build_losses(cfg: FitConfig) -> dict[str, Callable]:
@@ -71,31 +102,41 @@ def needs_teacher(cfg: FitConfig) -> bool:
     return any(loss_spec(t.name).needs_teacher for t in cfg.distill_terms)
 
 
-def itc_terms(ctx: StepContext, e_img, e_txt, img, cap, scale, gen) -> torch.Tensor:
-    """Symmetric in-batch ITC (mean of i2t and t2i), with near-miss columns in i2t when configured."""
-    split, loss = ctx.world.train, ctx.losses[ITC]
-    positive = split.relations()[ctx.cfg.positives].block(img, cap).to(e_img.device)
-    sim = scale * e_img @ e_txt.T
+def itc_terms(ctx: StepContext, view: BatchView, img_cpu: torch.Tensor, cap_cpu: torch.Tensor, scale,
+              gen) -> torch.Tensor:
+    """Symmetric in-batch ITC (mean of i2t and t2i), with near-miss columns in i2t when configured.
+
+    Rows are this rank's queries, columns the global batch: ``[B, G]`` (``G = B`` in one process).
+    """
+    split, loss, dist = ctx.world.train, ctx.losses[ITC], ctx.dist
+    relation = split.relations()[ctx.cfg.positives]
+    positive = relation.block(img_cpu, dist.gather(cap_cpu)).to(view.e_img.device)  # [B, G]
+    sim = scale * view.e_img @ view.all_txt.T
     sim_i2t, pos_i2t = sim, positive
     if ctx.cfg.near_misses:
-        tokens, truth = near_miss_columns(split, ctx.near, img.cpu(), cap.cpu(), gen)
-        extra = scale * e_img @ ctx.student.encode_text(tokens.to(e_img.device)).T
-        sim_i2t, pos_i2t = torch.cat([sim, extra], 1), torch.cat([positive, truth.to(e_img.device)], 1)
+        tokens, truth = near_miss_columns(split, ctx.near, img_cpu, cap_cpu, gen)
+        extra = scale * view.e_img @ ctx.student.encode_text(tokens.to(view.e_img.device)).T
+        sim_i2t, pos_i2t = torch.cat([sim, extra], 1), torch.cat([positive, truth.to(view.e_img.device)], 1)
     i2t = loss(itc_batch(sim_i2t.float(), pos_i2t))
-    t2i = loss(itc_batch(sim.T.float(), positive.T))
+    if dist.enabled:
+        sim_t2i = scale * view.e_txt @ view.all_img.T
+        pos_t2i = relation.block(dist.gather(img_cpu), cap_cpu).T.to(view.e_img.device)
+    else:
+        sim_t2i, pos_t2i = sim.T, positive.T
+    t2i = loss(itc_batch(sim_t2i.float(), pos_t2i))
     return 0.5 * (sum(i2t.values()) + sum(t2i.values()))
 
 
-def sides(state: TrainState, ctx: StepContext, e_img, e_txt, img, cap) -> list[Side]:
-    """The two directions' query/pool views for the configured mining pool."""
+def sides(state: TrainState, ctx: StepContext, view: BatchView) -> list[Side]:
+    """The two directions' query/pool views for the configured mining pool (the batch pool is the global batch)."""
     out = []
-    views = {"i2t": (e_img, img, e_txt, cap), "t2i": (e_txt, cap, e_img, img)}
-    for direction, (q, q_ids, own, own_ids) in views.items():
-        pool, pool_ids = own, own_ids
+    views = {"i2t": (view.e_img, view.img, view.e_txt, view.cap, view.all_txt, view.all_cap_ids),
+             "t2i": (view.e_txt, view.cap, view.e_img, view.img, view.all_img, view.all_img_ids)}
+    for direction, (q, q_ids, own, own_ids, pool, pool_ids) in views.items():
         if ctx.cfg.pool == "queue":
-            queue_emb, queue_ids = state.queues[direction].tensors(drop_ids=own_ids.cpu())
-            pool = torch.cat([own, queue_emb.to(own.device, own.dtype)])
-            pool_ids = torch.cat([own_ids, queue_ids.to(own_ids.device)])
+            queue_emb, queue_ids = state.queues[direction].tensors(drop_ids=pool_ids.cpu())
+            pool = torch.cat([pool, queue_emb.to(pool.device, pool.dtype)])
+            pool_ids = torch.cat([pool_ids, queue_ids.to(pool_ids.device)])
         elif ctx.cfg.pool == "gallery":
             pool = state.gallery[direction].to(own.device, own.dtype)
             pool_ids = torch.arange(len(pool), device=own.device)
@@ -113,67 +154,121 @@ def loss_terms(state: TrainState | None, ctx: StepContext, img: torch.Tensor, ca
     return _terms_and_embeddings(state, ctx, img, cap, gen)[0]
 
 
-def _terms_and_embeddings(state, ctx, img, cap, gen) -> tuple[dict[str, torch.Tensor], tuple[torch.Tensor, ...]]:
-    student, cfg, split = ctx.student, ctx.cfg, ctx.world.train
-    images, tokens = split.images[img].to(ctx.device, non_blocking=True), split.tokens[cap].to(ctx.device)
+def _terms_and_embeddings(state, ctx, img, cap, gen) -> tuple[dict[str, torch.Tensor], BatchView]:
+    student, cfg, split, dist = ctx.student, ctx.cfg, ctx.world.train, ctx.dist
     with autocast(ctx.device, cfg.amp):
-        e_img, e_txt = student.encode_image(images).float(), student.encode_text(tokens).float()
+        e_img = student.encode_images(split, img, ctx.device).float()
+        e_txt = student.encode_texts(split, cap, ctx.device).float()
+    img_d, cap_d = img.to(ctx.device), cap.to(ctx.device)
+    view = BatchView(e_img, e_txt, img_d, cap_d, dist.gather(e_img), dist.gather(e_txt), dist.gather(img_d),
+                     dist.gather(cap_d))
     scale = student.logit_scale
     terms: dict[str, torch.Tensor] = {}
     if ITC in ctx.losses:
         weight = next(t.weight for t in cfg.losses if t.name == ITC)
-        terms[ITC] = weight * itc_terms(ctx, e_img, e_txt, img, cap, scale, gen)
+        terms[ITC] = weight * itc_terms(ctx, view, img, cap, scale, gen)
     if cfg.distill_terms:
         relation = split.relations()[cfg.positives]
-        batches = [distill_batch(s, cfg, relation, scale, ctx.teacher, gen)
-                   for s in sides(state, ctx, e_img, e_txt, img.to(ctx.device), cap.to(ctx.device))]
+        batches = [distill_batch(s, cfg, relation, scale, ctx.teacher, gen) for s in sides(state, ctx, view)]
         for term in cfg.distill_terms:
             values = [sum(ctx.losses[term.name](b).values()) for b in batches]
             terms[term.name] = term.weight * 0.5 * (values[0] + values[1])
-    return terms, (e_img.detach(), e_txt.detach())
+    return terms, view
 
 
 def train_step(state: TrainState, ctx: StepContext) -> dict[str, float]:
-    """One optimisation step; returns the logged values of every term (weighted) and the total."""
+    """One optimisation step; returns the logged values of every term (weighted) and the total.
+
+    Across processes every rank draws the same global sample of ``batch x world_size`` pairs and trains on its own
+    slice; gradients are averaged and the logged values are means over the ranks.
+    """
     state.student.train()
-    img, cap = sample_pairs(ctx.world.train, ctx.cfg.batch, state.generator)
-    terms, (e_img, e_txt) = _terms_and_embeddings(state, ctx, img, cap, state.generator)
+    dist = ctx.dist
+    img, cap = sample_pairs(ctx.world.train, ctx.cfg.batch * dist.world_size, state.generator)
+    img, cap = dist.local(img), dist.local(cap)
+    terms, view = _terms_and_embeddings(state, ctx, img, cap, state.generator)
     total = sum(terms.values())
     state.optimizer.zero_grad(set_to_none=True)
     total.backward()
+    dist.average_gradients(state.student.parameters())
     state.optimizer.step()
     state.scheduler.step()
-    _update_pools(state, ctx, e_img, e_txt, img, cap)
+    _update_pools(state, ctx, view)
     scale = state.student.logit_scale.item()
-    return {f"{k}_loss": v.item() for k, v in terms.items()} | {"loss": total.item(), "logit_scale": scale}
+    row = {f"{k}_loss": v.item() for k, v in terms.items()} | {"loss": total.item(), "logit_scale": scale}
+    return dist.mean_values(row)
 
 
-def _update_pools(state: TrainState, ctx: StepContext, e_img, e_txt, img, cap) -> None:
+def _update_pools(state: TrainState, ctx: StepContext, view: BatchView) -> None:
     if ctx.cfg.pool == "queue":
-        state.queues["i2t"].push(e_txt.cpu(), cap.cpu())
-        state.queues["t2i"].push(e_img.cpu(), img.cpu())
+        state.queues["i2t"].push(view.all_txt.detach().cpu(), view.all_cap_ids.cpu())
+        state.queues["t2i"].push(view.all_img.detach().cpu(), view.all_img_ids.cpu())
 
 
 @torch.no_grad()
-def refresh_gallery(state: TrainState, ctx: StepContext, batch: int = 1024) -> None:
-    """Re-embed the whole training split (the ``gallery`` pool): i2t pool = captions, t2i pool = images."""
-    student, split = state.student, ctx.world.train
-    student.eval()
-    with autocast(ctx.device, ctx.cfg.amp):
-        caps = [student.encode_text(t.to(ctx.device)).float() for t in split.tokens.split(batch)]
-        imgs = [student.encode_image(x.to(ctx.device)).float() for x in split.images.split(batch)]
-    state.gallery = {"i2t": torch.cat(caps), "t2i": torch.cat(imgs)}
+def refresh_gallery(state: TrainState, ctx: StepContext, batch: int | None = None) -> None:
+    """Re-embed the whole training split (the ``gallery`` pool): i2t pool = captions, t2i pool = images.
+
+    Across processes each rank embeds a slice and the slices are gathered.
+    """
+    state.student.eval()
+    img, txt = embed_split_rows(state.student, ctx.world.train, ctx.device, dist=ctx.dist, batch=batch,
+                                amp=ctx.cfg.amp)
+    state.gallery = {"i2t": txt, "t2i": img}
 
 
-def init_state(cfg: FitConfig, student: DualEncoder, device: torch.device) -> TrainState:
+@torch.no_grad()
+def embed_split_rows(student, split, device: torch.device, *, dist: Dist = SINGLE, batch: int | None = None,
+                     amp: bool = False, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(image embeddings float [N, E], caption embeddings float [M, E]) of a whole split, on ``device``.
+
+    Each rank embeds its :meth:`~workbench.training.distributed.Dist.shard` of the rows, ``batch`` at a time
+    (default: the student's ``embed_batch``), and the shards are gathered. The student's mode is left as is.
+    """
+    batch = batch or getattr(student, "embed_batch", 1024)
+    with autocast(device, amp):
+        img = _embed_rows(student, student.encode_images, split, split.num_images, device, dist, batch,
+                          progress and "student images")
+        txt = _embed_rows(student, student.encode_texts, split, split.num_captions, device, dist, batch,
+                          progress and "student captions")
+    return img, txt
+
+
+def _embed_rows(student, encode, split, n, device, dist, batch, progress: str | bool) -> torch.Tensor:
+    rows = dist.shard(n)
+    chunks = torch.arange(rows.start, rows.stop).split(batch)
+    if progress:
+        from tqdm.auto import tqdm
+
+        chunks = tqdm(chunks, desc=progress, disable=not dist.is_main)
+    parts = [encode(split, idx, device).float() for idx in chunks]
+    local = torch.cat(parts) if parts else torch.empty(0, student.embed_dim, device=device)
+    return dist.gather_rows(local)
+
+
+def init_state(cfg: FitConfig, student: DualEncoder, device: torch.device, dist: Dist = SINGLE) -> TrainState:
     gen = seed_everything(cfg.seed)
     student.to(device)
+    dist.broadcast_parameters(student)
     opt, sched = make_optimizer(student.parameters(), cfg.lr, cfg.steps, cfg.warmup, cfg.weight_decay)
     queues = {}
     if cfg.pool == "queue":
-        dim = student.config.embed_dim
-        queues = {d: EmbeddingQueue(cfg.queue_size, dim) for d in ("i2t", "t2i")}
+        queues = {d: EmbeddingQueue(cfg.queue_size, student.embed_dim) for d in ("i2t", "t2i")}
     return TrainState(student, opt, sched, gen, queues=queues)
+
+
+def check_world(cfg: FitConfig, world, dist: Dist = SINGLE) -> None:
+    """Clear errors for a config the training split cannot serve (protocol, near-misses, global batch)."""
+    split = world.train
+    protocols = list(split.relations())
+    if cfg.positives not in protocols:
+        raise ValueError(f"positives={cfg.positives!r} is not a protocol of this dataset; choose one of {protocols}")
+    if cfg.near_misses and not hasattr(split, "tokens"):
+        raise ValueError("near_misses=True needs the built-in world's generated near-miss captions; "
+                         "real datasets have none")
+    if dist.enabled and cfg.batch * dist.world_size > split.num_images:
+        raise ValueError(f"the global batch batch x processes = {cfg.batch} x {dist.world_size} exceeds the "
+                         f"{split.num_images} training images")
 
 
 def fit(
@@ -188,6 +283,7 @@ def fit(
     callbacks: tuple[Callback, ...] = (),
     step_callbacks: tuple[Callback, ...] = (),
     progress: Callable | None = None,
+    dist: Dist | None = None,
 ) -> TrainState:
     """Train ``student`` per ``cfg``; returns the final state (its ``history`` holds every logged row).
 
@@ -200,16 +296,20 @@ def fit(
         callbacks: ``cb(step, row)`` after each logged row (live plots, tables; never inside the step).
         step_callbacks: ``cb(step, row)`` after every step with that step's losses (e.g. a progress-bar postfix).
         progress: wraps the step range (e.g. ``lambda r: tqdm(r)``).
+        dist: the data-parallel context; default: the initialised process group, if any (else one process).
+            Every rank calls ``fit`` with the same arguments; only the main process writes checkpoints.
     """
+    dist = current() if dist is None else dist
     losses = build_losses(cfg)
     if needs_teacher(cfg) and teacher_scores is None:
         names = [t.name for t in cfg.distill_terms if loss_spec(t.name).needs_teacher]
         raise ValueError(f"loss terms {names} need teacher scores: pass teacher_scores=TeacherScores(...)")
     teacher_scores = teacher_scores if needs_teacher(cfg) else None
-    device = pick_device(cfg.device)
-    state = init_state(cfg, student, device)
+    check_world(cfg, world, dist)
+    device = dist.device if dist.enabled and dist.device is not None else pick_device(cfg.device)
+    state = init_state(cfg, student, device, dist)
     near = build_near_misses(world.train) if cfg.near_misses else None
-    ctx = StepContext(world, cfg, student, losses, teacher_scores, near, device)
+    ctx = StepContext(world, cfg, student, losses, teacher_scores, near, device, dist)
     if resume and out_dir is not None and (Path(out_dir) / "checkpoint").is_dir():
         load_trainer_state(Path(out_dir) / "checkpoint", state, cfg)
     steps = range(state.step, cfg.steps)
@@ -222,11 +322,12 @@ def fit(
             cb(state.step, row)
         if state.step % cfg.eval_every == 0 or state.step == cfg.steps:
             _log(state, row, evaluate, callbacks)
-        if out_dir is not None and cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
+        if out_dir is not None and cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and dist.is_main:
             save_trainer_state(Path(out_dir) / "checkpoint", state, cfg)
     student.eval()
-    if out_dir is not None:
+    if out_dir is not None and dist.is_main:
         save_trainer_state(Path(out_dir) / "checkpoint", state, cfg)
+    dist.barrier()
     return state
 
 
