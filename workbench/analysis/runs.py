@@ -108,7 +108,7 @@ def val_retrieval(ws: Workspace):
 
     def evaluate(student: DualEncoder) -> dict[str, float]:
         img, txt = embed_split(student, split)
-        m = retrieval_metrics(img, txt, relations)
+        m = retrieval_metrics(img.float().cpu(), txt.float().cpu(), relations)
         return {f"val_{p}_{k}": m[p][k] for p in m for k in ("r1_i2t", "r1_t2i", "rsum")}
 
     return evaluate
