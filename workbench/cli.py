@@ -124,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the student run whose top-M candidates get scored (real data: or --student)")
     ts.add_argument("--split", default="train", choices=["train", "val", "test"])
     ts.add_argument("--top", type=int, default=16, help="M: candidates per query and direction")
+    ts.add_argument("--positives", default="semantic", choices=["semantic", "coco"],
+                    help="built-in world: which pairs are not negatives (match the training runs' setting)")
     _add_data(ts, default=None)
     _add_teacher(ts)
     ts.add_argument("--device", default="auto", help="auto | cpu | cuda")
@@ -395,11 +397,9 @@ def _eval_real(args, run: Path, ckpt: Path, config: dict) -> int:
 
 
 def cmd_teacher_scores(args) -> int:
-    from workbench.analysis.evaluate import embed_split
     from workbench.analysis.protocol import TeacherCost
-    from workbench.analysis.runs import open_workspace
+    from workbench.analysis.runs import open_workspace, prefill_store
     from workbench.data.world import WorldConfig
-    from workbench.scores.mining import mine_hard_negatives, relation_exclude
     from workbench.training.checkpoint import load_student
 
     config = _run_folders(args.checkpoint)[2] if args.checkpoint else {}
@@ -412,18 +412,11 @@ def cmd_teacher_scores(args) -> int:
     ws = open_workspace(WorldConfig(**config.get("world", {})), _builtin_teacher(args), args.store or DEFAULT_STORE)
     split = ws.world.split(args.split)
     scores = ws.teacher_scores(args.split)
-    img, txt = embed_split(student, split)
-    relation = split.relations()["semantic"]
-    _say(TeacherCost("store fill", (("i2t", split.num_images, args.top), ("t2i", split.num_captions, args.top)),
-                     store_rows=len(scores.store)).text())
-    for direction, (q, c) in {"i2t": (img, txt), "t2i": (txt, img)}.items():
-        mined = mine_hard_negatives(q, c, args.top, positives=relation_exclude(relation, direction))
-        rows = torch_arange(len(q))[:, None].expand_as(mined.indices)
-        pairs = (rows, mined.indices) if direction == "i2t" else (mined.indices, rows)
-        keep = mined.valid.flatten()
-        scores(pairs[0].flatten()[keep], pairs[1].flatten()[keep])
-        print(direction, scores.stats.postfix())
+    rows = len(scores.store)
     scores.close()
+    _say(TeacherCost("store fill", (("i2t", split.num_images, args.top), ("t2i", split.num_captions, args.top)),
+                     store_rows=rows).text())
+    prefill_store(ws, student, args.split, args.top, args.positives)
     return 0
 
 
@@ -440,12 +433,6 @@ def _teacher_scores_real(args, config: dict) -> int:
     _say(f"teacher    {out['pairs']:,} pairs scored or found in the store; the main process computed "
          f"{out['computed_pairs']:,}")
     return 0
-
-
-def torch_arange(n: int):
-    import torch
-
-    return torch.arange(n)
 
 
 def cmd_reproduce(args) -> int:

@@ -14,6 +14,7 @@ from workbench.analysis.parallel import Job
 from workbench.training.config import FitConfig, LossTerm, profile
 
 ITC = LossTerm("itc")
+ALL_GROUPS = ("headline", "baselines", "scale", "negatives", "lambda", "validity", "controlled", "levers")
 
 # The distillation setting shared by every method (a group changes one thing).
 BASE: dict[str, Any] = {"pool": "gallery", "k": 8, "positives": "coco", "refresh_every": 100}
@@ -34,27 +35,40 @@ EXTRA_BASELINES: dict[str, dict[str, Any]] = {
 }
 
 
+VALIDITY_RULES = {"top1": {"validity": "top", "m": 1}, "top2": {"validity": "top", "m": 2},
+                  "all": {"validity": "all"}, "threshold0": {"validity": "threshold", "threshold": 0.0},
+                  "threshold-4": {"validity": "threshold", "threshold": -4.0},
+                  "top4_steps": {"validity": "top", "m": 4, "normalize": "steps"}}
+CONTROLLED = {"truth": {"noise": 0.0}, "truth_noise2": {"noise": 2.0},
+              "mentions_only": {"noise": 0.0, "relations": False}}
+
+
 @dataclass(frozen=True)
 class ReproduceProfile:
-    """Sizes of a reproduce run."""
+    """Sizes of a reproduce run: steps, seeds, and which variants of each group run."""
 
     name: str
     world: str  # WORLD_PRESETS key
     fit: str  # training profile (smoke | quick | full)
     steps: int
-    seeds: int  # seeds of the headline table
+    seeds: int  # seeds of the headline table and the baselines
     extra_seeds: int  # seeds of every other group
-    lambdas: tuple[float, ...]
-    groups: tuple[str, ...]
+    scale_views: tuple[str, ...]  # teacher views besides "logit" for the scale check
+    lambdas: tuple[float, ...]  # CPRD weights besides 1
+    validity: tuple[str, ...]  # VALIDITY_RULES keys besides top-4
+    controlled: tuple[str, ...]  # CONTROLLED keys
+    levers: bool = False  # mining pool and K
     workers: int = 2
+    prefill: int = 8  # teacher-score store prefill: top-M of the first ITC student per train query (0 = off)
 
 
-ALL_GROUPS = ("headline", "baselines", "scale", "negatives", "lambda", "validity", "controlled", "levers")
 PROFILES = {
-    "smoke": ReproduceProfile("smoke", "smoke", "smoke", 30, 2, 1, (0.5, 2.0), ALL_GROUPS),
-    "quick": ReproduceProfile("quick", "default", "quick", 400, 3, 1, (0.25, 4.0),
-                              ("headline", "baselines", "scale", "negatives", "lambda", "validity")),
-    "full": ReproduceProfile("full", "default", "full", 2000, 3, 3, (0.25, 0.5, 2.0, 4.0), ALL_GROUPS),
+    "smoke": ReproduceProfile("smoke", "smoke", "smoke", 30, 2, 1, ("probability",), (0.25,), ("threshold0",),
+                              ("truth",), levers=True, prefill=4),
+    "quick": ReproduceProfile("quick", "default", "quick", 300, 3, 1, ("probability",), (0.25,),
+                              ("threshold0", "all"), ("truth", "mentions_only")),
+    "full": ReproduceProfile("full", "default", "full", 1500, 3, 2, ("probability", "tempered"), (0.25, 0.5, 2.0),
+                             tuple(VALIDITY_RULES), tuple(CONTROLLED), levers=True, workers=4),
 }
 
 
@@ -72,44 +86,34 @@ def _jobs(out: Path, group: str, name: str, p: ReproduceProfile, seeds: int, rer
 
 
 def plan(p: ReproduceProfile, out: Path) -> dict[str, list[Job]]:
-    """Every group's jobs (only the groups the profile runs)."""
-    groups: dict[str, list[Job]] = {}
-    add = groups.setdefault
-    if "headline" in p.groups:
-        for method, terms in METHODS.items():
-            add("headline", []).extend(_jobs(out, "headline", method, p, p.seeds, rerank=method == "itc",
-                                             probe=method != "itc", losses=terms))
-    if "baselines" in p.groups:
-        for name, changes in EXTRA_BASELINES.items():
-            add("baselines", []).extend(_jobs(out, "baselines", name, p, p.seeds, **changes))
+    """Every group's jobs. ``headline`` comes first (its ITC runs feed the store prefill)."""
+    g: dict[str, list[Job]] = {"headline": [], "baselines": [], "scale": [], "negatives": [], "lambda": [],
+                               "validity": [], "controlled": [], "levers": []}
+    for method, terms in METHODS.items():
+        g["headline"] += _jobs(out, "headline", method, p, p.seeds, rerank=method == "itc", probe=method != "itc",
+                               losses=terms)
+    for name, changes in EXTRA_BASELINES.items():
+        g["baselines"] += _jobs(out, "baselines", name, p, p.seeds, **changes)
     n = p.extra_seeds
-    if "scale" in p.groups:  # Finding 1: the teacher's logits vs probabilities vs tempered logits
-        for method in ("kl", "listmle", "cprd"):
-            for view in ("probability", "tempered"):
-                add("scale", []).extend(_jobs(out, "scale", f"{method}_{view}", p, n, losses=METHODS[method],
-                                              teacher_output=view, teacher_temperature=4.0))
-    if "negatives" in p.groups:  # Finding 2: rank distillation over hard-only / easy-only / the whole batch
-        add("negatives", []).extend(_jobs(out, "negatives", "listmle_easy", p, n, losses=METHODS["listmle"],
-                                          negatives="easy", easy_rank=64))
-        add("negatives", []).extend(_jobs(out, "negatives", "listmle_all", p, n, losses=METHODS["listmle"],
-                                          negatives="all", pool="batch"))
-    if "lambda" in p.groups:  # Finding 3: the weight of CPRD
-        for lam in p.lambdas:
-            add("lambda", []).extend(_jobs(out, "lambda", f"cprd_lambda{lam:g}", p, n,
-                                           losses=(ITC, replace(CPRD, weight=lam))))
-    if "validity" in p.groups:  # beyond the paper: which hard negatives are "valid"
-        for name, params in {"top1": {"validity": "top", "m": 1}, "top2": {"validity": "top", "m": 2},
-                             "all": {"validity": "all"}, "threshold0": {"validity": "threshold", "threshold": 0.0},
-                             "threshold-4": {"validity": "threshold", "threshold": -4.0},
-                             "top4_steps": {"validity": "top", "m": 4, "normalize": "steps"}}.items():
-            add("validity", []).extend(_jobs(out, "validity", f"cprd_{name}", p, n,
-                                             losses=(ITC, LossTerm("cprd", 1.0, params))))
-    if "controlled" in p.groups:  # the ground-truth teacher: how do gains depend on teacher quality?
-        for noise in (0.0, 2.0):
-            add("controlled", []).extend(_jobs(out, "controlled", f"cprd_truth_noise{noise:g}", p, n,
-                                               losses=METHODS["cprd"], controlled={"noise": noise}))
-    if "levers" in p.groups:  # what a careful researcher checks: pool, K
-        add("levers", []).extend(_jobs(out, "levers", "cprd_batch_pool", p, n, losses=METHODS["cprd"], pool="batch"))
-        add("levers", []).extend(_jobs(out, "levers", "cprd_queue_pool", p, n, losses=METHODS["cprd"], pool="queue"))
-        add("levers", []).extend(_jobs(out, "levers", "cprd_k16", p, n, losses=METHODS["cprd"], k=16))
-    return groups
+    for method in ("kl", "cprd"):  # Finding 1: the teacher's logits vs probabilities vs tempered logits
+        for view in p.scale_views:
+            g["scale"] += _jobs(out, "scale", f"{method}_{view}", p, n, losses=METHODS[method], teacher_output=view,
+                                teacher_temperature=4.0)
+    # Finding 2: rank distillation over easy negatives / the whole batch (hard = the headline's listmle)
+    g["negatives"] += _jobs(out, "negatives", "listmle_easy", p, n, losses=METHODS["listmle"], negatives="easy",
+                            easy_rank=64)
+    g["negatives"] += _jobs(out, "negatives", "listmle_all", p, n, losses=METHODS["listmle"], negatives="all",
+                            pool="batch")
+    for lam in p.lambdas:  # Finding 3: the weight of CPRD
+        g["lambda"] += _jobs(out, "lambda", f"cprd_lambda{lam:g}", p, n, losses=(ITC, replace(CPRD, weight=lam)))
+    for name in p.validity:  # beyond the paper: which hard negatives are "valid"
+        g["validity"] += _jobs(out, "validity", f"cprd_{name}", p, n,
+                               losses=(ITC, LossTerm("cprd", 1.0, VALIDITY_RULES[name])))
+    for name in p.controlled:  # ground-truth teachers: is the teacher's order learnable at all?
+        g["controlled"] += _jobs(out, "controlled", f"cprd_{name}", p, n, losses=METHODS["cprd"],
+                                 controlled=CONTROLLED[name])
+    if p.levers:  # what a careful researcher checks: the mining pool, K
+        g["levers"] += _jobs(out, "levers", "cprd_batch_pool", p, n, losses=METHODS["cprd"], pool="batch")
+        g["levers"] += _jobs(out, "levers", "cprd_queue_pool", p, n, losses=METHODS["cprd"], pool="queue")
+        g["levers"] += _jobs(out, "levers", "cprd_k16", p, n, losses=METHODS["cprd"], k=16)
+    return {k: v for k, v in g.items() if v}

@@ -116,6 +116,7 @@ def render_report(f: dict, profile, figures: dict[str, str], runs: dict) -> str:
               "## Beyond the paper: which hard negatives should be valid?",
               validity_md(f["validity"]),
               ]
+    parts += ["## Controls: which teacher order can the student learn?", controls_md(f["retrieval"])]
     parts += ["## Every run (RSUM, semantic)", "\n".join(
         f"- `{name}`: {_ms(f['retrieval'].get(name, {}).get('rsum'))}" for name in sorted(runs))]
     return "\n\n".join(p for p in parts if p) + "\n"
@@ -129,3 +130,27 @@ def validity_md(v: dict) -> str:
                      f"{_num(s.get('relevance_dropped'))} | {_ms(d['rsum'])} |")
     return ("Truth = mean graded relevance (fraction of the caption's facts true) of the hard negatives each rule "
             "keeps / drops on the ITC student's test slates.\n\n" + "\n".join(lines))
+
+
+CONTROL_ROWS = {
+    "itc": "ITC only",
+    "cprd": "CPRD, trained teacher",
+    "cprd_truth": "CPRD, ground-truth teacher (relevance incl. relations, no noise)",
+    "cprd_truth_noise2": "CPRD, ground-truth teacher + noise (std 2 logits)",
+    "cprd_mentions_only": "CPRD, ground-truth teacher that ignores relations (an order a relation-blind student "
+                          "can represent)",
+    "mined_itc": "InfoNCE on the same mined slates, no teacher",
+    "negclip": "caption near-misses as negatives (NegCLIP-style), no teacher",
+    "cprd_batch_pool": "CPRD, in-batch mining (the paper's setting)",
+    "cprd_queue_pool": "CPRD, mining from a queue of recent batches",
+    "cprd_k16": "CPRD, K = 16 mined negatives",
+}
+
+
+def controls_md(retrieval: dict) -> str:
+    lines = ["| run | R@1 i2t | R@1 t2i | RSUM | seeds |", "|---|---|---|---|---|"]
+    for key, label in CONTROL_ROWS.items():
+        if key in retrieval:
+            r = retrieval[key]
+            lines.append(f"| {label} | {_ms(r['r1_i2t'])} | {_ms(r['r1_t2i'])} | {_ms(r['rsum'])} | {r['rsum']['n']} |")
+    return "\n".join(lines)

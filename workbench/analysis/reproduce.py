@@ -19,10 +19,10 @@ from workbench.analysis import finding_plots as fp
 from workbench.analysis.agreement import agreement_summary, agreement_taus
 from workbench.analysis.distributions import describe, per_query_stats, scale_spread
 from workbench.analysis.parallel import Job, run_jobs
-from workbench.analysis.plan import PROFILES, plan
+from workbench.analysis.plan import BASE, PROFILES, plan
 from workbench.analysis.plots import FIGURES, save_figure
 from workbench.analysis.report import world_figure
-from workbench.analysis.runs import WORLD_PRESETS, open_workspace
+from workbench.analysis.runs import WORLD_PRESETS, open_workspace, prefill_store
 from workbench.analysis.slates_eval import EvalSlates, build_eval_slates
 from workbench.analysis.verdicts import headline_verdict, verdicts
 from workbench.io import read_json, write_json
@@ -137,23 +137,23 @@ def _valid_mask(rule_fn, sl: EvalSlates, params: dict):
 def reproduce(profile_name: str, out: Path, *, teacher_dir: str | Path | None = None, workers: int | None = None,
               groups: tuple[str, ...] | None = None, log=print) -> dict[str, Any]:
     """Run the plan and the analyses; write ``out/report.md``, ``out/findings.json`` and the figures."""
-    from dataclasses import replace
-
     from workbench.analysis.runs import DEFAULT_TEACHER
 
     start = time.time()
     p = PROFILES[profile_name]
-    p = replace(p, groups=groups) if groups else p
     ws = open_workspace(WORLD_PRESETS[p.world], teacher_dir or DEFAULT_TEACHER, out / "teacher_scores.sqlite")
-    jobs_by_group = plan(p, out / "runs")
+    jobs_by_group = {k: v for k, v in plan(p, out / "runs").items() if groups is None or k in groups or k == "headline"}
     jobs = [j for js in jobs_by_group.values() for j in js]
-    results = run_jobs(ws, jobs, workers or p.workers, log=log)
+    itc_job = next(j for j in jobs if j.out_dir.name == "itc_seed0")
+    results = run_jobs(ws, [itc_job], 1, log=log)
+    if p.prefill:
+        prefill_store(ws, load_student(itc_job.out_dir / "checkpoint"), "train", p.prefill, BASE["positives"], log)
+    results |= run_jobs(ws, jobs, workers or p.workers, log=log)
     runs = by_name(jobs, results)
     histories = {name: [read_json(j.out_dir / "history.json") for j in jobs_by_group.get("headline", [])
                         if j.out_dir.name.startswith(name + "_seed")]
                  for name in ("kl", "mse", "ranknet", "listnet", "listmle", "cprd")}
-    itc_job = next(j for j in jobs if j.out_dir.name == "itc_seed0")
-    student = load_student(itc_job.out_dir / "checkpoint")
+    student = load_student(itc_job.out_dir / "checkpoint", device="cpu")
     log("[reproduce] evaluation slates and analyses")
     slates = {d: build_eval_slates(student, ws.teacher, ws.world.test, d) for d in ("i2t", "t2i")}
     f1, views = finding1(slates, runs)
@@ -170,7 +170,7 @@ def reproduce(profile_name: str, out: Path, *, teacher_dir: str | Path | None = 
     findings["verdicts"] = verdicts(findings)
     findings["headline"] = headline_verdict(findings)
     findings["seconds"] = time.time() - start
-    figures = write_figures(ws, views, taus, findings, out)
+    figures = write_figures(ws, views, taus, findings, out, copy=profile_name != "smoke")
     write_json(out / "findings.json", findings)
     from workbench.analysis.report_md import render_report
 
@@ -193,9 +193,9 @@ def _teacher_metrics(ws) -> dict:
     return evaluate_teacher(ws.teacher, ws.world.test, minimal, graded)
 
 
-def write_figures(ws, views, taus, findings: dict, out: Path) -> dict[str, str]:
-    """Save every figure of the report (PNG + SVG) into ``out/figures`` and ``figures/``."""
-    folders = (out / "figures", FIGURES)
+def write_figures(ws, views, taus, findings: dict, out: Path, copy: bool = True) -> dict[str, str]:
+    """Save every figure of the report (PNG + SVG) into ``out/figures`` (and ``figures/`` when ``copy``)."""
+    folders = (out / "figures", FIGURES) if copy else (out / "figures",)
     saved = {}
 
     def keep(name: str, fig) -> None:

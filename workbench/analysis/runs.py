@@ -206,3 +206,26 @@ def load_run(out_dir: str | Path) -> dict[str, Any]:
     """config, history and metrics of a finished student run folder."""
     out = Path(out_dir)
     return {name: read_json(out / f"{name}.json", what=f"run {name}") for name in ("config", "history", "metrics")}
+
+
+def prefill_store(ws: Workspace, student: DualEncoder, split: str = "train", top: int = 8,
+                  positives: str = "semantic", log=print) -> None:
+    """Score each query's top-``top`` student candidates (both directions) into the store ahead of training.
+
+    Distillation runs that mine with the same positives (``"semantic"`` or ``"coco"``) then mostly hit the store.
+    """
+    from workbench.analysis.evaluate import embed_split
+    from workbench.scores.mining import mine_hard_negatives, relation_exclude
+
+    data = ws.world.split(split)
+    scores = ws.teacher_scores(split)
+    img, txt = (e.float().cpu() for e in embed_split(student, data))
+    relation = data.relations()[positives]
+    for direction, (q, c) in {"i2t": (img, txt), "t2i": (txt, img)}.items():
+        mined = mine_hard_negatives(q, c, top, positives=relation_exclude(relation, direction))
+        rows = torch.arange(len(q))[:, None].expand_as(mined.indices)
+        pairs = (rows, mined.indices) if direction == "i2t" else (mined.indices, rows)
+        keep = mined.valid.flatten()
+        scores(pairs[0].flatten()[keep], pairs[1].flatten()[keep])
+        log(f"[store] prefill {direction}: {scores.stats.postfix()}")
+    scores.close()

@@ -286,6 +286,14 @@ class Split:
         """Graded relevance float [P] of aligned (image index, caption index) pairs."""
         return self.true_facts_pairs(img, cap).float() / self.num_facts[cap].float()
 
+    def mention_relevance_pairs(self, img: torch.Tensor, cap: torch.Tensor) -> torch.Tensor:
+        """Like :meth:`relevance_pairs` but counting only the mention facts (the relation fact ignored)."""
+        m, _ = self.fact_tables
+        ids = self.fact_ids[cap]
+        has, idc = ids[:, :2] >= 0, ids[:, :2].clamp(min=0)
+        true = (m[img, idc[:, 0]] & has[:, 0]).long() + (m[img, idc[:, 1]] & has[:, 1])
+        return true.float() / has.sum(-1).float()
+
     def relevance_block(self, img: torch.Tensor, cap: torch.Tensor) -> torch.Tensor:
         """Graded relevance float [q, c] for all pairs of ``img`` [q] x ``cap`` [c]."""
         return self.true_facts_block(img, cap).float() / self.num_facts[cap].float()

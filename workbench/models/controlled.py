@@ -8,7 +8,8 @@
 - ``noise``: std of Gaussian noise in logit units (0 = the perfect order of the ground truth, ties included);
 - ``concentration``: how peaked the match probabilities are (large = most pairs near 0, matches near 1, as the
   paper observes for real cross-encoders; small = probabilities near 0.5);
-- ``bias``: shifts every logit (a teacher that says "no" more often).
+- ``bias``: shifts every logit (a teacher that says "no" more often);
+- ``relations``: ``False`` scores only the caption's object mentions (ignores whether its relation holds).
 
 The noise of a pair is a deterministic hash of (seed, image id, caption id), so the same pair always gets the
 same score (the score store and repeated runs stay consistent). Use it to ask how distillation gains depend on
@@ -30,6 +31,7 @@ class ControlledConfig:
     concentration: float = 6.0
     bias: float = 0.0
     seed: int = 0
+    relations: bool = True  # False: score only the mention facts (an order a relation-blind student can represent)
 
     def __post_init__(self) -> None:
         check_float("noise", self.noise, min_value=0.0)
@@ -60,7 +62,7 @@ class ControlledTeacher:
     def __call__(self, img: torch.Tensor, cap: torch.Tensor) -> torch.Tensor:
         c = self.config
         img, cap = img.cpu(), cap.cpu()
-        rel = self.split.relevance_pairs(img, cap)
+        rel = (self.split.relevance_pairs if c.relations else self.split.mention_relevance_pairs)(img, cap)
         u = c.concentration * (2 * rel - 1) + c.bias
         if c.noise:
             u = u + c.noise * _gaussian_hash(c.seed, self.split.image_ids[img], self.split.caption_ids[cap])
