@@ -112,6 +112,7 @@ def train_student_run(ws: Workspace, cfg: FitConfig, out_dir: str | Path | None,
                       resume: bool = False, progress=None, step_callbacks=(), callbacks=()) -> dict[str, Any]:
     """Train one student and evaluate it on the test split; write the run folder when ``out_dir`` is given."""
     teacher_scores = ws.teacher_scores() if cfg.distill_terms else None
+    torch.manual_seed(cfg.seed)  # the student's initialisation is part of the run's seed
     student = ws.new_student()
     start = time.time()
     state = fit(cfg, ws.world, student, teacher_scores=teacher_scores, evaluate=val_retrieval(ws), out_dir=out_dir,
