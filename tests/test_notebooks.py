@@ -27,8 +27,7 @@ def kernel_env(out: Path) -> dict[str, str]:
     """Environment of a smoke-mode kernel: this checkout first on the path, runs and figures under ``out``."""
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
     # one torch thread: on a busy 2-core machine two threads stall on tiny ops
-    return {"WORKBENCH_SMOKE": "1", "WORKBENCH_OUT": str(out), "PYTHONPATH": path, "OMP_NUM_THREADS": "1",
-            "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
+    return {"WORKBENCH_SMOKE": "1", "WORKBENCH_OUT": str(out), "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
 
 
 def test_there_are_notebooks():

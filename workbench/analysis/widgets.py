@@ -218,7 +218,7 @@ class LossPlayground:
         self._set_threshold_range(s.teacher_output)
         self.controls["threshold"].value = s.threshold
         self.loss_html = W.HTML()
-        self.heatmap = W.Image(format="png")
+        self.heatmap = W.Image(format="png", layout=W.Layout(max_width="640px"))
         self.order_html = W.HTML()
         c = self.controls
         self.widget = W.VBox([
@@ -226,7 +226,10 @@ class LossPlayground:
             W.HBox([c["validity"], c["threshold"], c["m"]]),
             W.HBox([c["teacher_output"], c["direction"]]),
             self.loss_html,
-            W.HBox([W.VBox([c["gradient"], self.heatmap]), W.VBox([c["query"], self.order_html])]),
+            c["gradient"],
+            self.heatmap,
+            c["query"],
+            self.order_html,
         ])
         self.result: Objective | None = None
         self._quiet = False
@@ -278,7 +281,8 @@ class LossPlayground:
         self.result = objective(self.cached, s)
         res = self.result.directions[c["direction"].value]
         self.loss_html.value = self._loss_text(s)
-        ax = gradient_heatmap(res, s, rows=self.rows, term=GRADIENTS[c["gradient"].value])
+        ax = gradient_heatmap(res, s, rows=self.rows, term=GRADIENTS[c["gradient"].value],
+                              ax=new_figure(6.4, 4.4).subplots())
         self.heatmap.value = figure_png(ax.figure)
         self.order_html.value = order_table_html(implied_order(self.cached, s, res, c["query"].value))
 
