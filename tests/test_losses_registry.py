@@ -266,3 +266,21 @@ def test_readme_add_a_loss_example_runs(scratch, capsys):
     assert torch.isfinite(value) and torch.isfinite(namespace["batch"].student.grad).all()
     with pytest.raises(ValueError, match="unknown hyperparameter"):
         get_loss("cprd_weighted", tau=1)
+
+
+def test_reserved_names_are_refused():
+    from workbench.losses import register_loss
+
+    with pytest.raises(ValueError, match="reserved"):
+
+        @register_loss("weighted_thing")
+        def weighted_thing(batch, *, weight: float = 1.0):
+            """Uses a reserved hyperparameter name."""
+            return {"distill_loss": batch.student.sum() * weight}
+
+    with pytest.raises(ValueError, match="reserved"):
+
+        @register_loss("itc")
+        def itc(batch):
+            """Takes the trainer's ITC name."""
+            return {"distill_loss": batch.student.sum()}

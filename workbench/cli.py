@@ -5,6 +5,7 @@
     python -m workbench train --loss itc --loss cprd:weight=1.0,validity=top,m=4 --steps 600 --out DIR
     python -m workbench eval --checkpoint DIR          # re-evaluate a student run (test split)
     python -m workbench teacher-scores --split train --top 16 --checkpoint DIR   # prefill the score store
+    python -m workbench reproduce --profile quick --out runs/reproduce           # the three findings, a report
     python -m workbench demo --profile quick --out runs/demo                     # what `make demo` runs
 """
 
@@ -50,10 +51,16 @@ def build_parser() -> argparse.ArgumentParser:
     teacher = sub.add_parser("train-teacher", help="pretrain the stem and train the cross-encoder teacher")
     _add_world(teacher)
     teacher.add_argument("--out", required=True, help="output checkpoint folder")
+    from workbench.models.teacher import TeacherConfig
     from workbench.training.teacher import TeacherTrainConfig
 
     for f in fields(TeacherTrainConfig):
         teacher.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
+    for f in fields(TeacherConfig):
+        if f.name != "stem":
+            kind = _bool if isinstance(f.default, bool) else type(f.default)
+            teacher.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=f.default, help="model size")
+    teacher.add_argument("--device", default="auto", help="auto | cpu | cuda")
 
     train = sub.add_parser("train", help="train a student with ITC and any registered distillation losses")
     _add_world(train)
@@ -73,6 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
     ts.add_argument("--split", default="train", choices=["train", "val", "test"])
     ts.add_argument("--top", type=int, default=16, help="M: candidates per query and direction")
     _add_teacher(ts)
+
+    rep = sub.add_parser("reproduce", help="the paper's three findings: trainings, analyses, report.md, findings.json")
+    rep.add_argument("--profile", default="quick", choices=["smoke", "quick", "full"])
+    rep.add_argument("--out", default="runs/reproduce")
+    rep.add_argument("--teacher", default=None, help="teacher folder (default: the committed one)")
+    rep.add_argument("--workers", type=int, default=None, help="parallel training processes (default: profile's)")
+    rep.add_argument("--groups", default=None, help="comma-separated experiment groups (default: the profile's)")
 
     demo = sub.add_parser("demo", help="the main job: students, teacher re-ranking, figures and a results table")
     demo.add_argument("--profile", default="quick", choices=["smoke", "quick", "full"])
@@ -136,9 +150,10 @@ def cmd_train_teacher(args) -> int:
     from workbench.training.teacher import TeacherTrainConfig
 
     cfg = TeacherTrainConfig(**{f.name: getattr(args, f.name) for f in fields(TeacherTrainConfig)})
-    metrics = train_teacher_run(_world_cfg(args), cfg, TeacherConfig(), args.out,
+    model_cfg = TeacherConfig(**{f.name: getattr(args, f.name) for f in fields(TeacherConfig) if f.name != "stem"})
+    metrics = train_teacher_run(_world_cfg(args), cfg, model_cfg, args.out,
                                 progress=lambda r: tqdm(r, desc="teacher", mininterval=2),
-                                callbacks=[lambda step, row: tqdm.write(_short(row))])
+                                callbacks=[lambda step, row: tqdm.write(_short(row))], device=args.device)
     print(_short(metrics["test"]["minimal_pairs"]), f"train {metrics['train_seconds']:.0f}s")
     return 0
 
@@ -231,6 +246,18 @@ def torch_arange(n: int):
     return torch.arange(n)
 
 
+def cmd_reproduce(args) -> int:
+    from workbench.analysis.plan import ALL_GROUPS
+    from workbench.analysis.reproduce import reproduce
+    from workbench.checks import check_choice
+
+    groups = tuple(args.groups.split(",")) if args.groups else None
+    for g in groups or ():
+        check_choice("--groups entry", g, ALL_GROUPS)
+    reproduce(args.profile, Path(args.out), teacher_dir=args.teacher, workers=args.workers, groups=groups)
+    return 0
+
+
 def cmd_demo(args) -> int:
     from workbench.analysis.demo import run_demo
 
@@ -239,7 +266,7 @@ def cmd_demo(args) -> int:
 
 
 COMMANDS = {"world": cmd_world, "train-teacher": cmd_train_teacher, "train": cmd_train, "eval": cmd_eval,
-            "teacher-scores": cmd_teacher_scores, "demo": cmd_demo}
+            "teacher-scores": cmd_teacher_scores, "reproduce": cmd_reproduce, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -76,10 +76,10 @@ def _json_default(obj: Any) -> Any:
         return str(obj)
     if isinstance(obj, torch.Tensor):
         return obj.tolist()
+    if hasattr(obj, "tolist"):  # NumPy arrays and scalars (an array's .item() fails unless it has one element)
+        return obj.tolist()
     if hasattr(obj, "item"):
         return obj.item()
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
     raise TypeError(f"cannot serialise {type(obj).__name__} to JSON")
 
 

@@ -56,7 +56,8 @@ def teacher_token_scorer(teacher: CrossEncoder, split: Split):
     @torch.no_grad()
     def scorer(img: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         teacher.eval()
-        return teacher.score(split.images[img], tokens)
+        dev = next(teacher.parameters()).device
+        return teacher.score(split.images[img].to(dev), tokens.to(dev)).float().cpu()
 
     return scorer
 

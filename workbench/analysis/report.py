@@ -75,3 +75,24 @@ def results_figure(summary: pd.DataFrame, metrics: Sequence[str], name: str,
     ax.set_ylim(0, 105)
     ax.set_title("test split, built-in world (mean ± std over seeds)", fontsize=9)
     return save_figure(ax.figure, name, folders)
+
+
+def headline_figure(retrieval: Mapping[str, Mapping[str, Mapping[str, float]]]):
+    """Bar chart of semantic RSUM (mean ± std) per method, the ITC-only and teacher re-ranking levels marked."""
+    import matplotlib.pyplot as plt
+
+    names = [n for n in retrieval if "rsum" in retrieval[n]]
+    means = [retrieval[n]["rsum"]["mean"] for n in names]
+    stds = [retrieval[n]["rsum"]["std"] for n in names]
+    fig, ax = plt.subplots(figsize=(max(5, 0.55 * len(names) + 2), 3.6))
+    ax.bar(range(len(names)), means, yerr=stds, capsize=2, color="#5b8fd9")
+    for key, style in (("itc", "--"), ("teacher_rerank", ":")):
+        if key in retrieval:
+            ax.axhline(retrieval[key]["rsum"]["mean"], ls=style, color="k", lw=1, label=key)
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
+    lo = min(m - s for m, s in zip(means, stds, strict=True))
+    ax.set_ylim(max(0, lo - 20), max(means) + 20)
+    ax.set_ylabel("RSUM (semantic, test)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

@@ -18,13 +18,14 @@ import torch
 
 from workbench.analysis.evaluate import evaluate_student, evaluate_teacher, graded_pairs
 from workbench.data.world import MinimalPairs, World, WorldConfig, build_world, minimal_pairs
+from workbench.device import pick_device
 from workbench.io import CheckpointError, read_json, save_checkpoint, write_json
 from workbench.models.stem import PatchStem
 from workbench.models.student import DualEncoder, StudentConfig
 from workbench.models.teacher import CrossEncoder, TeacherConfig, load_teacher
 from workbench.scores.teacher_scores import TeacherScores
 from workbench.training.config import FitConfig
-from workbench.training.loop import fit
+from workbench.training.loop import fit, needs_teacher
 from workbench.training.stem import pretrain_stem, stem_accuracy
 from workbench.training.teacher import TeacherTrainConfig, train_teacher
 
@@ -109,25 +110,57 @@ def val_retrieval(ws: Workspace):
 
 
 def train_student_run(ws: Workspace, cfg: FitConfig, out_dir: str | Path | None, *, rerank: bool = True,
-                      resume: bool = False, progress=None, step_callbacks=(), callbacks=()) -> dict[str, Any]:
-    """Train one student and evaluate it on the test split; write the run folder when ``out_dir`` is given."""
-    teacher_scores = ws.teacher_scores() if cfg.distill_terms else None
+                      resume: bool = False, progress=None, step_callbacks=(), callbacks=(),
+                      controlled: dict | None = None, probe_every: int = 0) -> dict[str, Any]:
+    """Train one student and evaluate it on the test split; write the run folder when ``out_dir`` is given.
+
+    Args:
+        controlled: settings of a :class:`~workbench.models.controlled.ControlledTeacher` to distil from instead
+            of the trained teacher (a control experiment; recorded in config.json).
+        probe_every: measure gradient coordination (cosine of ITC's and each term's gradients on a fixed probe
+            batch) every N steps into the history (0 = never).
+    """
+    teacher_scores = None
+    if needs_teacher(cfg):
+        teacher_scores = ws.teacher_scores() if controlled is None else _controlled_scores(ws, controlled)
     torch.manual_seed(cfg.seed)  # the student's initialisation is part of the run's seed
     student = ws.new_student()
+    callbacks = tuple(callbacks) + _probe_callbacks(cfg, ws, teacher_scores, student, probe_every)
     start = time.time()
     state = fit(cfg, ws.world, student, teacher_scores=teacher_scores, evaluate=val_retrieval(ws), out_dir=out_dir,
                 resume=resume, progress=progress, step_callbacks=step_callbacks, callbacks=callbacks)
     seconds = time.time() - start
     metrics = student_metrics(ws, student, rerank=rerank) | {"train_seconds": seconds}
-    if teacher_scores is not None:
+    if isinstance(teacher_scores, TeacherScores):
         metrics["teacher_store"] = asdict(teacher_scores.stats)
         teacher_scores.close()
     if out_dir is not None:
         out = Path(out_dir)
-        write_json(out / "config.json", run_config(ws, cfg))
+        write_json(out / "config.json", run_config(ws, cfg) | {"controlled_teacher": controlled})
         write_json(out / "history.json", state.history)
         write_json(out / "metrics.json", metrics)
     return metrics
+
+
+def _controlled_scores(ws: Workspace, settings: dict):
+    from workbench.models.controlled import ControlledConfig, ControlledTeacher
+
+    return ControlledTeacher(ws.world.train, ControlledConfig(**settings)).scores
+
+
+def _probe_callbacks(cfg: FitConfig, ws: Workspace, teacher_scores, student, every: int) -> tuple:
+    if not every or len(cfg.losses) < 2:
+        return ()
+    from workbench.analysis.coordination import CoordinationProbe
+
+    probe = CoordinationProbe(cfg, ws.world, teacher_scores)
+    measure = probe.callback(student)
+
+    def callback(step: int, row: dict) -> None:
+        if step % every == 0 or step == cfg.steps:
+            measure(step, row)
+
+    return (callback,)
 
 
 def run_config(ws: Workspace, cfg: FitConfig) -> dict[str, Any]:
@@ -137,14 +170,14 @@ def run_config(ws: Workspace, cfg: FitConfig) -> dict[str, Any]:
 
 
 def train_teacher_run(world_cfg: WorldConfig, train_cfg: TeacherTrainConfig, teacher_cfg: TeacherConfig,
-                      out_dir: str | Path, progress=None, callbacks=()) -> dict[str, Any]:
+                      out_dir: str | Path, progress=None, callbacks=(), device: str = "auto") -> dict[str, Any]:
     """Pretrain the stem, train the teacher, evaluate it on val/test minimal pairs; write a teacher checkpoint."""
     from workbench.data.nearmiss import build_near_misses
 
     start = time.time()
     world = build_world(world_cfg)
     stem = pretrain_stem(world.train, seed=train_cfg.seed)
-    model = CrossEncoder(teacher_cfg, stem=stem)
+    model = CrossEncoder(teacher_cfg, stem=stem).to(pick_device(device))
     val_pairs = minimal_pairs(world.val, per_kind=300)
 
     def evaluate(m: CrossEncoder) -> dict[str, float]:
@@ -153,7 +186,10 @@ def train_teacher_run(world_cfg: WorldConfig, train_cfg: TeacherTrainConfig, tea
     history = train_teacher(model, world.train, build_near_misses(world.train, seed=train_cfg.seed), train_cfg,
                             evaluate=evaluate, callbacks=callbacks, progress=progress)
     test = evaluate_teacher(model, world.test, minimal_pairs(world.test, per_kind=500), graded_pairs(world.test))
-    metrics = {"test": test, "stem": stem_accuracy(stem, world.test), "train_seconds": time.time() - start}
+    seconds = time.time() - start
+    model.cpu()
+    metrics = {"test": test, "stem": stem_accuracy(stem, world.test), "train_seconds": seconds,
+               "device": str(pick_device(device))}
     out = Path(out_dir)
     extra = {"world": asdict(world_cfg), "training": asdict(train_cfg), "metrics": metrics}
     save_checkpoint(out, "teacher", model.config_dict(), model.state_dict(), extra)

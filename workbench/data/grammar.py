@@ -75,9 +75,13 @@ def render(spec: CaptionSpec, rng: np.random.Generator, swap_order: bool | None 
 
 
 def canonical(spec: CaptionSpec) -> CaptionSpec:
-    """The same meaning with the relation written as "left of"/"above" (arguments swapped if needed)."""
+    """The same meaning in one normal form: the relation written as "left of"/"above" (arguments swapped if
+    needed), and the two mentions of a conjunction ("A and B" = "B and A") in a fixed order."""
     if spec.relation in (1, 3):
         return CaptionSpec(spec.mentions[::-1], INVERSE[spec.relation])
+    if spec.relation is None and len(spec.mentions) == 2:
+        key = lambda m: (m.shape, -1 if m.colour is None else m.colour, -1 if m.size is None else m.size)  # noqa: E731
+        return CaptionSpec(tuple(sorted(spec.mentions, key=key)))
     return spec
 
 
@@ -130,6 +134,9 @@ def tokenize(texts: list[str], max_len: int = MAX_WORDS + 1) -> torch.Tensor:
     """Word ids, ``[CLS]`` first, padded with ``[PAD]``: long [M, max_len]."""
     out = torch.full((len(texts), max_len), PAD, dtype=torch.long)
     for i, text in enumerate(texts):
+        unknown = [w for w in text.split() if w not in WORD_ID]
+        if unknown:
+            raise ValueError(f"caption {text!r} has word(s) {unknown} that are not in the vocabulary")
         ids = [CLS] + [WORD_ID[w] for w in text.split()]
         if len(ids) > max_len:
             raise ValueError(f"caption {text!r} has {len(ids) - 1} words; max_len={max_len} allows {max_len - 1}")

@@ -46,6 +46,7 @@ class WorldConfig:
     noise: float = 0.04  # pixel noise (std)
 
     def __post_init__(self) -> None:
+        check_int("seed", self.seed, min_value=0)
         for name in ("n_train", "n_val", "n_test"):
             check_int(name, getattr(self, name), min_value=1)
         check_int("captions_per_image", self.captions_per_image, min_value=1, max_value=20)

@@ -233,6 +233,10 @@ class LossSpec:
 _REGISTRY: dict[str, LossSpec] = {}
 
 
+RESERVED = frozenset({"weight"})
+"""Hyperparameter names a loss may not use: ``weight`` is the term's weight in ``name:weight=W,...``."""
+
+
 def register_loss(
     name: str,
     *,
@@ -253,6 +257,8 @@ def register_loss(
     """
     if not isinstance(name, str) or not name.isidentifier():
         raise ValueError(f"loss name must be a Python identifier such as 'cprd_top2', got {name!r}")
+    if name == "itc":
+        raise ValueError("loss name 'itc' is reserved: training uses it for the in-batch ITC term (infonce)")
     check_choice("entries", entries, typing.get_args(Entries))
 
     def decorate(fn: LossFn) -> LossFn:
@@ -276,6 +282,9 @@ def _make_spec(name: str, fn: LossFn, needs_teacher: bool, entries: Entries, che
     if not doc.strip():
         raise ValueError(f"loss {name!r}: {fn.__qualname__} needs a docstring (its first line is the description)")
     params = _hparams_of(fn, name, checks)
+    if RESERVED & params.keys():
+        raise ValueError(f"loss {name!r}: hyperparameter name(s) {sorted(RESERVED & params.keys())} are reserved "
+                         "(the CLI spelling name:weight=W,... uses them for the term itself)")
     spec = LossSpec(name, fn, doc.strip().splitlines()[0], _source(fn), needs_teacher, entries, params)
     for p in params.values():  # a bad default is a bug in the loss: catch it at registration
         p.validate(name, p.default)

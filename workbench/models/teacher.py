@@ -33,7 +33,7 @@ class TeacherConfig:
     heads: int = 4
     mlp: int = 128
     image_layers: int = 1  # unimodal image self-attention layers before fusion
-    text_layers: int = 2  # unimodal text layers before fusion
+    text_layers: int = 1  # unimodal text layers before fusion
     fusion: str = "cross"  # "cross": words cross-attend patches; "single": one stream over [words; patches]
     fusion_layers: int = 3
     prev_token: bool = True
@@ -158,19 +158,20 @@ class PairScorer:
     def _encodings(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if self._img is None:
             self.teacher.eval()
-            self._img = torch.cat([self.teacher.encode_image(x) for x in self.images.split(self.batch)])
-            parts = [self.teacher.encode_text(t) for t in self.tokens.split(self.batch)]
+            dev = next(self.teacher.parameters()).device
+            self._img = torch.cat([self.teacher.encode_image(x.to(dev)) for x in self.images.split(self.batch)])
+            parts = [self.teacher.encode_text(t.to(dev)) for t in self.tokens.split(self.batch)]
             self._txt = (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
         return self._img, *self._txt
 
     @torch.no_grad()
     def __call__(self, img: torch.Tensor, cap: torch.Tensor) -> torch.Tensor:
         enc_img, txt, pad = self._encodings()
-        img, cap = img.cpu(), cap.cpu()
+        img, cap = img.to(enc_img.device), cap.to(enc_img.device)
         chunks = zip(img.split(self.batch), cap.split(self.batch), strict=True)
-        out = [self.teacher.itm(enc_img[i], txt[c], pad[c]) for i, c in chunks]
+        out = [self.teacher.itm(enc_img[i], txt[c], pad[c]).float() for i, c in chunks]
         self.pairs_scored += len(img)
-        return torch.cat(out) if out else torch.empty(0)
+        return torch.cat(out).cpu() if out else torch.empty(0)
 
     def probability(self, img: torch.Tensor, cap: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self(img, cap))

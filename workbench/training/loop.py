@@ -22,7 +22,7 @@ import torch
 from workbench.data.nearmiss import NearMisses, build_near_misses
 from workbench.data.world import World
 from workbench.device import autocast, pick_device
-from workbench.losses import get_loss
+from workbench.losses import get_loss, loss_spec
 from workbench.models.student import DualEncoder
 from workbench.scores.mining import EmbeddingQueue
 from workbench.training.batches import near_miss_columns, sample_pairs
@@ -74,6 +74,11 @@ def build_losses(cfg: FitConfig) -> dict[str, Callable]:
     return {t.name: get_loss("infonce" if t.name == ITC else t.name, **t.params) for t in cfg.losses}
 
 
+def needs_teacher(cfg: FitConfig) -> bool:
+    """Whether any distillation term reads teacher scores (``infonce`` on mined slates, e.g., does not)."""
+    return any(loss_spec(t.name).needs_teacher for t in cfg.distill_terms)
+
+
 def itc_terms(ctx: StepContext, e_img, e_txt, img, cap, scale, gen) -> torch.Tensor:
     """Symmetric in-batch ITC (mean of i2t and t2i), with near-miss columns in i2t when configured."""
     split, loss = ctx.world.train, ctx.losses[ITC]
@@ -106,11 +111,18 @@ def sides(state: TrainState, ctx: StepContext, e_img, e_txt, img, cap) -> list[S
     return out
 
 
-def train_step(state: TrainState, ctx: StepContext) -> dict[str, float]:
-    """One optimisation step; returns the logged values of every term (weighted) and the total."""
-    student, cfg, gen, split = state.student, ctx.cfg, state.generator, ctx.world.train
-    student.train()
-    img, cap = sample_pairs(split, cfg.batch, gen)
+def loss_terms(state: TrainState | None, ctx: StepContext, img: torch.Tensor, cap: torch.Tensor,
+               gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """The weighted loss terms of one step on the batch ``(img [B], cap [B])`` (no update).
+
+    ITC on the in-batch slates; each distillation term on the mined slates of both directions, averaged.
+    ``state`` is read only by the ``queue`` and ``gallery`` mining pools.
+    """
+    return _terms_and_embeddings(state, ctx, img, cap, gen)[0]
+
+
+def _terms_and_embeddings(state, ctx, img, cap, gen) -> tuple[dict[str, torch.Tensor], tuple[torch.Tensor, ...]]:
+    student, cfg, split = ctx.student, ctx.cfg, ctx.world.train
     images, tokens = split.images[img].to(ctx.device, non_blocking=True), split.tokens[cap].to(ctx.device)
     with autocast(ctx.device, cfg.amp):
         e_img, e_txt = student.encode_image(images).float(), student.encode_text(tokens).float()
@@ -126,13 +138,22 @@ def train_step(state: TrainState, ctx: StepContext) -> dict[str, float]:
         for term in cfg.distill_terms:
             values = [sum(ctx.losses[term.name](b).values()) for b in batches]
             terms[term.name] = term.weight * 0.5 * (values[0] + values[1])
+    return terms, (e_img.detach(), e_txt.detach())
+
+
+def train_step(state: TrainState, ctx: StepContext) -> dict[str, float]:
+    """One optimisation step; returns the logged values of every term (weighted) and the total."""
+    state.student.train()
+    img, cap = sample_pairs(ctx.world.train, ctx.cfg.batch, state.generator)
+    terms, (e_img, e_txt) = _terms_and_embeddings(state, ctx, img, cap, state.generator)
     total = sum(terms.values())
     state.optimizer.zero_grad(set_to_none=True)
     total.backward()
     state.optimizer.step()
     state.scheduler.step()
-    _update_pools(state, ctx, e_img.detach(), e_txt.detach(), img, cap)
-    return {f"{k}_loss": v.item() for k, v in terms.items()} | {"loss": total.item(), "logit_scale": scale.item()}
+    _update_pools(state, ctx, e_img, e_txt, img, cap)
+    scale = state.student.logit_scale.item()
+    return {f"{k}_loss": v.item() for k, v in terms.items()} | {"loss": total.item(), "logit_scale": scale}
 
 
 def _update_pools(state: TrainState, ctx: StepContext, e_img, e_txt, img, cap) -> None:
@@ -190,9 +211,10 @@ def fit(
         progress: wraps the step range (e.g. ``lambda r: tqdm(r)``).
     """
     losses = build_losses(cfg)
-    if cfg.distill_terms and teacher_scores is None:
-        names = [t.name for t in cfg.distill_terms]
+    if needs_teacher(cfg) and teacher_scores is None:
+        names = [t.name for t in cfg.distill_terms if loss_spec(t.name).needs_teacher]
         raise ValueError(f"loss terms {names} need teacher scores: pass teacher_scores=TeacherScores(...)")
+    teacher_scores = teacher_scores if needs_teacher(cfg) else None
     device = pick_device(cfg.device)
     state = init_state(cfg, student, device)
     near = build_near_misses(world.train) if cfg.near_misses else None

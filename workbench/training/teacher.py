@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from workbench.checks import check_float, check_int
 from workbench.data.nearmiss import NearMisses
 from workbench.data.world import SemanticRelation, Split
+from workbench.device import autocast
 from workbench.models.teacher import CrossEncoder
 from workbench.training.batches import own_captions
 from workbench.training.common import make_optimizer, multi_positive_itc, sample_hard, seed_everything
@@ -40,7 +41,7 @@ class TeacherTrainConfig:
     weight_layout: float = 0.0  # layout auxiliary loss: [CLS] predicts where the 2nd object is relative to the 1st
     flip_share: float = 0.3  # share of near-misses that flip the relation (the kind learned last)
     eval_every: int = 250
-    seed: int = 0
+    seed: int = 1  # the committed teacher's seed (with seed 0 relations were still at chance after 4,000 steps)
 
     def __post_init__(self) -> None:
         check_int("steps_binding", self.steps_binding, min_value=0)
@@ -70,7 +71,7 @@ def grounding_loss(model: CrossEncoder, fused: torch.Tensor, split: Split, cap: 
         fused: float [B, T, d] fused states of (image, own caption) pairs; cap: long [B] caption indices.
     """
     positions, cells = split.grounding()
-    pos, target = positions[cap], cells[cap].float()  # [B, 2], [B, 2, 9]
+    pos, target = positions[cap].to(fused.device), cells[cap].float().to(fused.device)  # [B, 2], [B, 2, 9]
     has = pos >= 0
     states = fused.gather(1, pos.clamp(min=0)[..., None].expand(-1, -1, fused.shape[-1]))  # [B, 2, d]
     bce = F.binary_cross_entropy_with_logits(model.ground_head(states), target, reduction="none").mean(-1)
@@ -83,7 +84,7 @@ def layout_loss(model: CrossEncoder, fused: torch.Tensor, split: Split, cap: tor
     Args:
         fused: float [B, T, d] fused states of (image, own caption) pairs; cap: long [B] caption indices.
     """
-    target = split.layout()[cap]  # [B], -1 = ambiguous
+    target = split.layout()[cap].to(fused.device)  # [B], -1 = ambiguous
     if not (target >= 0).any():
         return fused.sum() * 0.0
     return F.cross_entropy(model.layout_head(fused[:, 0]), target, ignore_index=-1)
@@ -112,13 +113,15 @@ def kind_weights(near: NearMisses, flip_share: float) -> torch.Tensor:
 def binding_step(model: CrossEncoder, split: Split, near: NearMisses, img: torch.Tensor, cap: torch.Tensor,
                  gen: torch.Generator, cfg: TeacherTrainConfig) -> dict[str, torch.Tensor]:
     """Phase-1 losses for a batch of (image, own caption) index pairs [B]."""
+    dev = _device(model)
     false_tokens, has = near.sample(cap, gen, kind_weights(near, cfg.flip_share))
-    tokens = torch.cat([split.tokens[cap[has]], false_tokens[has]])
-    enc_img = model.encode_image(split.images[img[has]])
-    txt, pad = model.encode_text(tokens)
-    fused = model.fuse(enc_img.repeat(2, 1, 1), txt, pad)
+    tokens = torch.cat([split.tokens[cap[has]], false_tokens[has]]).to(dev)
+    with autocast(dev):
+        enc_img = model.encode_image(split.images[img[has]].to(dev))
+        txt, pad = model.encode_text(tokens)
+        fused = model.fuse(enc_img.repeat(2, 1, 1), txt, pad).float()
     n = int(has.sum())
-    labels = torch.cat([torch.ones(n), torch.zeros(n)])
+    labels = torch.cat([torch.ones(n), torch.zeros(n)]).to(dev)
     terms = {"itm_loss": balanced_bce(model.itm_from_fused(fused), labels)}
     return terms | auxiliary_terms(model, fused[:n], split, cap[has], cfg)
 
@@ -126,29 +129,35 @@ def binding_step(model: CrossEncoder, split: Split, near: NearMisses, img: torch
 def full_step(model: CrossEncoder, split: Split, near: NearMisses, img: torch.Tensor, cap: torch.Tensor,
               gen: torch.Generator, cfg: TeacherTrainConfig) -> dict[str, torch.Tensor]:
     """Phase-2 losses (ITC + ITM on the hard-negative mix) for (image, own caption) index pairs [B]."""
-    truth = SemanticRelation(split)
-    enc_img = model.encode_image(split.images[img])
-    txt, pad = model.encode_text(split.tokens[cap])
-    positive = truth.block(img, cap)  # [B, B]
-    sim = model.itc_logit_scale * model.itc_embed_image(enc_img) @ model.itc_embed_text(txt).T
-    hard_cap = sample_hard(sim, positive, gen)  # [B] batch positions
-    hard_img = sample_hard(sim.T, positive.T, gen)
+    dev, truth = _device(model), SemanticRelation(split)
+    positive = truth.block(img, cap)  # [B, B], CPU
     rand_cap = torch.randint(split.num_captions, (len(img),), generator=gen)
     near_tok, has = near.sample(cap, gen, kind_weights(near, cfg.flip_share))
-    rand_txt, rand_pad = model.encode_text(split.tokens[rand_cap])
-    near_txt, near_pad = model.encode_text(near_tok[has])
+    with autocast(dev):
+        enc_img = model.encode_image(split.images[img].to(dev))
+        txt, pad = model.encode_text(split.tokens[cap].to(dev))
+        sim = (model.itc_logit_scale * model.itc_embed_image(enc_img) @ model.itc_embed_text(txt).T).float()
+        hard_cap = sample_hard(sim.cpu(), positive, gen)  # [B] batch positions
+        hard_img = sample_hard(sim.T.cpu(), positive.T, gen)
+        rand_txt, rand_pad = model.encode_text(split.tokens[rand_cap].to(dev))
+        near_txt, near_pad = model.encode_text(near_tok[has].to(dev))
+        hard_d, hard_i, has_d = hard_cap.to(dev), hard_img.to(dev), has.to(dev)
+        pairs_img = torch.cat([enc_img, enc_img, enc_img[hard_i], enc_img, enc_img[has_d]])
+        pairs_txt = torch.cat([txt, txt[hard_d], txt, rand_txt, near_txt])
+        pairs_pad = torch.cat([pad, pad[hard_d], pad, rand_pad, near_pad])
+        fused = model.fuse(pairs_img, pairs_txt, pairs_pad).float()
     b = torch.arange(len(img))
-    pairs_img = torch.cat([enc_img, enc_img, enc_img[hard_img], enc_img, enc_img[has]])
-    pairs_txt = torch.cat([txt, txt[hard_cap], txt, rand_txt, near_txt])
-    pairs_pad = torch.cat([pad, pad[hard_cap], pad, rand_pad, near_pad])
     labels = torch.cat([
         torch.ones(len(img)), positive[b, hard_cap].float(), positive[hard_img, b].float(),
         truth.pairs(img, rand_cap).float(), torch.zeros(int(has.sum())),
-    ])
-    fused = model.fuse(pairs_img, pairs_txt, pairs_pad)
+    ]).to(dev)
     terms = {"itm_loss": balanced_bce(model.itm_from_fused(fused), labels),
-             "itc_loss": cfg.weight_itc * multi_positive_itc(sim, positive)}
+             "itc_loss": cfg.weight_itc * multi_positive_itc(sim, positive.to(dev))}
     return terms | auxiliary_terms(model, fused[: len(img)], split, cap, cfg)
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
 
 
 Callback = Callable[[int, dict[str, float]], None]

@@ -1,0 +1,221 @@
+"""Finding 3: is a distillation loss *coordinated* with the student's own contrastive loss?
+
+The paper's Finding 3: a distillation objective helps when it pulls the student the same way as its ITC
+(InfoNCE) loss; CPRD is built to (ITC is the first Plackett-Luce step "positive above everything", CPRD adds the
+next steps). A direct measure: the cosine between the gradients of the ITC term and of a distillation term with
+respect to the student's trainable parameters, on the same step's graph. Positive = the two pull together;
+near 0 = unrelated; negative = they fight (the prototype saw a CPRD term drag the logit scale down).
+
+- :func:`gradient_cosine` / :func:`gradient_report`: for a dict of loss terms built on one graph;
+- :class:`CoordinationProbe`: the same on a fixed probe batch (fixed seed) of the training split, built from the
+  trainer's own pieces (``itc_terms``, ``sides``, ``distill_batch``), so it can be tracked over training from a
+  ``fit`` callback without any analysis code inside the loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from workbench.analysis._arrays import number
+from workbench.checks import check_int
+from workbench.data.nearmiss import build_near_misses
+from workbench.data.world import World
+from workbench.device import pick_device
+from workbench.models.student import DualEncoder
+from workbench.training.batches import sample_pairs
+from workbench.training.config import ITC, FitConfig
+from workbench.training.loop import StepContext, TrainState, build_losses, loss_terms, refresh_gallery
+
+Params = nn.Module | Iterable[tuple[str, torch.Tensor]]
+
+
+def _named_trainable(params: Params) -> list[tuple[str, torch.Tensor]]:
+    named = params.named_parameters() if isinstance(params, nn.Module) else params
+    out = [(name, p) for name, p in named if p.requires_grad]
+    if not out:
+        raise ValueError("params must hold at least one trainable parameter (requires_grad=True), got none")
+    return out
+
+
+def term_gradients(params: Params, terms: Mapping[str, torch.Tensor]) -> dict[str, list[torch.Tensor]]:
+    """Each term's gradient w.r.t. each trainable parameter, on the terms' shared graph (kept for the next term).
+
+    Args:
+        params: a module (its trainable parameters) or ``(name, parameter)`` pairs.
+        terms: ``{name: scalar loss}`` built on one forward pass (the graph is retained, ``.grad`` untouched).
+
+    Returns:
+        ``{name: [grad per parameter]}`` (zeros for a parameter a term does not reach).
+    """
+    named = _named_trainable(params)
+    tensors = [p for _, p in named]
+    out = {}
+    for name, loss in terms.items():
+        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+            raise ValueError(f"terms[{name!r}] must be a scalar tensor, got {type(loss).__name__} "
+                             f"{tuple(getattr(loss, 'shape', ()))}")
+        if not loss.requires_grad:
+            out[name] = [torch.zeros_like(p) for p in tensors]
+            continue
+        grads = torch.autograd.grad(loss, tensors, retain_graph=True, allow_unused=True)
+        out[name] = [torch.zeros_like(p) if g is None else g.detach() for g, p in zip(grads, tensors, strict=True)]
+    return out
+
+
+def _flat(grads: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([g.reshape(-1).double() for g in grads])
+
+
+def _cos(a: torch.Tensor, b: torch.Tensor) -> float | None:
+    na, nb = a.norm(), b.norm()
+    if na == 0 or nb == 0:
+        return None
+    return float((a @ b) / (na * nb))
+
+
+def gradient_cosine(params: Params, terms: Mapping[str, torch.Tensor], *, reference: str = ITC
+                    ) -> dict[str, float | None]:
+    """Cosine between the gradient of ``terms[reference]`` and that of every other term.
+
+    Gradients are w.r.t. all trainable parameters of ``params`` (e.g. the student), flattened into one vector,
+    computed with ``torch.autograd.grad(..., retain_graph=True)`` on the terms' shared graph.
+
+    Args:
+        params: the student (or ``(name, parameter)`` pairs).
+        terms: ``{name: scalar loss}`` from one forward pass, ``reference`` among them.
+        reference: the term the others are compared with (the ITC term).
+
+    Returns:
+        ``{name: cosine in [-1, 1]}`` for every term but ``reference``; ``None`` where a gradient is zero.
+    """
+    return {k[len("cos_"):]: v for k, v in gradient_report(params, terms, reference=reference).items()
+            if k.startswith("cos_")}
+
+
+def gradient_report(params: Params, terms: Mapping[str, torch.Tensor], *, reference: str = ITC
+                    ) -> dict[str, float | None]:
+    """:func:`gradient_cosine` plus gradient norms and the gradients of scalar parameters, as flat log keys.
+
+    Returns:
+        ``cos_<term>`` (vs ``reference``) for every other term, ``gradnorm_<term>`` for every term, and
+        ``grad_<param>_<term>`` for every scalar parameter (e.g. ``grad_log_scale_cprd``: its sign says whether the
+        term pushes the student's logit scale down (> 0, gradient descent lowers it) or up).
+    """
+    if reference not in terms:
+        raise ValueError(f"reference {reference!r} must be one of the terms {list(terms)}")
+    named = _named_trainable(params)
+    grads = term_gradients(named, terms)
+    flat = {name: _flat(g) for name, g in grads.items()}
+    out: dict[str, float | None] = {}
+    for name in terms:
+        if name != reference:
+            out[f"cos_{name}"] = _cos(flat[reference], flat[name])
+    for name in terms:
+        out[f"gradnorm_{name}"] = number(flat[name].norm())
+    for idx, (pname, p) in enumerate(named):
+        if p.numel() == 1:
+            out |= {f"grad_{pname.replace('.', '_')}_{name}": number(grads[name][idx]) for name in terms}
+    return out
+
+
+def step_terms(state: TrainState | None, ctx: StepContext, img: torch.Tensor, cap: torch.Tensor,
+               gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """The weighted loss terms of one training step (the trainer's own :func:`loss_terms`)."""
+    return loss_terms(state, ctx, img, cap, gen)
+
+
+@dataclass
+class _PoolState:
+    """The part of a ``TrainState`` the mining pools read (a probe-local gallery snapshot)."""
+
+    student: DualEncoder
+    gallery: dict[str, torch.Tensor] = field(default_factory=dict)
+    queues: dict[str, Any] = field(default_factory=dict)
+
+
+class CoordinationProbe:
+    """Gradient coordination on a fixed probe batch, measured on demand during training.
+
+    Each call draws the same batch (``batch`` images with one own caption each, from ``seed``), builds the run's
+    loss terms on it exactly as a training step would, and returns :func:`gradient_report` (``cos_<term>``,
+    ``gradnorm_<term>``, ``grad_log_scale_<term>``). Nothing of the training state changes: no ``.grad``, no
+    optimiser, no RNG but the probe's own; the student's train/eval mode is restored.
+
+    Usage, from outside the loop (the ``fit`` callback receives the history row it just appended; the probe adds
+    its values to that row, so they land in ``history.json``)::
+
+        probe = CoordinationProbe(cfg, world, teacher_scores=scores, batch=128, seed=1234)
+        fit(cfg, world, student, teacher_scores=scores, callbacks=(probe.callback(student),))
+
+    or, with the trainer's own state and context, ``probe(state, ctx)``.
+
+    Args:
+        cfg: the run's config (loss terms, weights, mining settings).
+        world: the world (its training split is sampled).
+        teacher_scores: ``(img [P], cap [P]) -> (logits [P], probs [P])``; needed when ``cfg`` distils.
+        batch: probe batch size (default: ``cfg.batch``).
+        seed: the probe batch's seed (fixed: every call sees the same pairs).
+        reference: the term the others are compared with.
+    """
+
+    def __init__(self, cfg: FitConfig, world: World, teacher_scores: Callable | None = None, *,
+                 batch: int | None = None, seed: int = 1234, reference: str = ITC):
+        names = [t.name for t in cfg.losses]
+        if reference not in names or len(names) < 2:
+            raise ValueError(f"cfg.losses must hold {reference!r} and at least one other term to compare, got {names}")
+        if cfg.distill_terms and teacher_scores is None:
+            raise ValueError(f"loss terms {[t.name for t in cfg.distill_terms]} need teacher scores: pass "
+                             "teacher_scores=TeacherScores(...)")
+        self.cfg, self.world, self.teacher = cfg, world, teacher_scores
+        self.batch = check_int("batch", cfg.batch if batch is None else batch, min_value=2,
+                               max_value=world.train.num_images)
+        self.seed, self.reference = check_int("seed", seed, min_value=0), reference
+        self._losses = build_losses(cfg)
+        self._near = None
+
+    def context(self, student: DualEncoder) -> StepContext:
+        """A ``StepContext`` like the one ``fit`` builds, for measuring ``student`` outside the loop."""
+        if self.cfg.near_misses and self._near is None:
+            self._near = build_near_misses(self.world.train)
+        device = next(student.parameters()).device if self.cfg.device == "auto" else pick_device(self.cfg.device)
+        return StepContext(self.world, self.cfg, student, self._losses, self.teacher, self._near, device)
+
+    def __call__(self, state: TrainState | None, ctx: StepContext) -> dict[str, float | None]:
+        """Measure with the trainer's ``ctx`` (and ``state``, whose queue/gallery pools mining reads)."""
+        student = ctx.student
+        was_training = student.training
+        try:
+            if state is None:
+                state = self._pool_state(ctx)
+            student.train()
+            gen = torch.Generator().manual_seed(self.seed)
+            img, cap = sample_pairs(ctx.world.train, self.batch, gen)
+            terms = step_terms(state, ctx, img, cap, gen)
+            return gradient_report(student, terms, reference=self.reference)
+        finally:
+            student.train(was_training)
+
+    def measure(self, student: DualEncoder, state: TrainState | None = None) -> dict[str, float | None]:
+        """Measure ``student`` with a context built by the probe (``state`` optional, see :meth:`__call__`)."""
+        return self(state, self.context(student))
+
+    def callback(self, student: DualEncoder) -> Callable[[int, dict[str, Any]], None]:
+        """A ``fit`` callback ``cb(step, row)`` that adds the probe's values to the logged ``row`` (in place)."""
+
+        def add_to_row(step: int, row: dict[str, Any]) -> None:
+            row.update(self.measure(student))
+
+        return add_to_row
+
+    def _pool_state(self, ctx: StepContext) -> _PoolState:
+        pool = _PoolState(ctx.student)
+        if ctx.cfg.pool == "queue":
+            raise ValueError("pool='queue' mines from the trainer's queue: call probe(state, ctx) with fit's state")
+        if ctx.cfg.pool == "gallery" and ctx.cfg.distill_terms:
+            refresh_gallery(pool, ctx)
+        return pool

@@ -1,0 +1,240 @@
+"""Figures for the paper's three findings. Each function takes arrays and returns a matplotlib ``Figure``;
+save it with :func:`~workbench.analysis.plots.save_figure` (PNG + SVG).
+
+- Finding 1: :func:`score_histograms` (densities per group, one panel per score view) and :func:`qq_plots`
+  (standardised quantiles against the normal), :func:`scale_check` (a metric per method and teacher view);
+- Finding 2: :func:`tau_violins` (per-query Kendall tau, hard vs easy window, per compared pair);
+- Finding 3: :func:`cosine_curves` (gradient cosine over training steps, mean ± std over seeds) and
+  :func:`lambda_sweep` (a metric against the distillation weight, with reference lines).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from scipy import stats
+
+from workbench.analysis._arrays import ArrayLike, as_array
+from workbench.analysis.plots import method_bars, plt
+
+GROUP_COLOURS = {"positive": "tab:green", "hard": "tab:red", "easy": "tab:blue", "all": "tab:gray"}
+KDE_MAX = 5000
+"""At most this many values (a fixed-seed subsample) go into each KDE; the histogram uses them all."""
+
+
+def _finite(name: str, values: ArrayLike) -> np.ndarray:
+    arr = as_array(name, values).ravel()
+    return arr[np.isfinite(arr)]
+
+
+def _colour(group: str, index: int) -> str:
+    return GROUP_COLOURS.get(group, f"C{index % 10}")
+
+
+def _panels(n: int, width: float = 4.2, height: float = 3.2) -> tuple[plt.Figure, np.ndarray]:
+    if n < 1:
+        raise ValueError("need at least one panel of data to plot, got an empty mapping")
+    fig, axes = plt.subplots(1, n, figsize=(width * n, height), squeeze=False)
+    return fig, axes[0]
+
+
+def score_histograms(views: Mapping[str, Mapping[str, ArrayLike]], *, bins: int = 50, kde: bool = True
+                     ) -> plt.Figure:
+    """Side-by-side score densities: one panel per view, one colour per group (each normalised on its own).
+
+    Args:
+        views: ``{view: {group: float [n]}}``, e.g. ``{"teacher logit": {"positive": ..., "hard": ..., "easy": ...},
+            "teacher probability": {...}, "student logit": {...}}``. Empty groups are skipped.
+        bins: histogram bins per panel (shared by the panel's groups).
+        kde: overlay a Gaussian KDE per group (on at most ``KDE_MAX`` values).
+
+    Returns:
+        The figure; each legend entry gives the group's n and skewness.
+    """
+    fig, axes = _panels(len(views))
+    for ax, (view, groups) in zip(axes, views.items(), strict=True):
+        data = {g: _finite(f"views[{view!r}][{g!r}]", v) for g, v in groups.items()}
+        data = {g: v for g, v in data.items() if v.size}
+        if not data:
+            ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+            continue
+        edges = np.histogram_bin_edges(np.concatenate(list(data.values())), bins=bins)
+        for i, (group, v) in enumerate(data.items()):
+            colour = _colour(group, i)
+            skew = stats.skew(v) if v.size > 2 and v.std() > 0 else float("nan")
+            label = f"{group} (n={v.size}, skew {skew:.2f})"
+            ax.hist(v, bins=edges, density=True, alpha=0.35, color=colour, label=label)
+            if kde and v.size > 2 and v.std() > 0:
+                sub = v if v.size <= KDE_MAX else np.random.default_rng(0).choice(v, KDE_MAX, replace=False)
+                grid = np.linspace(edges[0], edges[-1], 200)
+                ax.plot(grid, stats.gaussian_kde(sub)(grid), color=colour, lw=1.2)
+        ax.set_title(view, fontsize=9)
+        ax.set_xlabel("score")
+        ax.set_ylabel("density")
+        ax.legend(fontsize=6.5)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def qq_plots(views: Mapping[str, Mapping[str, ArrayLike]], *, points: int = 200) -> plt.Figure:
+    """Normal Q-Q plots: each group's standardised sample quantiles against standard-normal quantiles.
+
+    Args:
+        views: ``{view: {group: float [n]}}`` as :func:`score_histograms`.
+        points: quantiles drawn per group (at probabilities ``(i - 0.5) / m``, ``m = min(points, n)``).
+
+    Returns:
+        The figure: one panel per view, the diagonal ``y = x`` being a normal distribution.
+    """
+    fig, axes = _panels(len(views), width=3.6, height=3.4)
+    for ax, (view, groups) in zip(axes, views.items(), strict=True):
+        for i, (group, values) in enumerate(groups.items()):
+            v = _finite(f"views[{view!r}][{group!r}]", values)
+            if v.size < 3 or v.std() == 0:
+                continue
+            m = min(points, v.size)
+            probs = (np.arange(1, m + 1) - 0.5) / m
+            z = (np.quantile(v, probs) - v.mean()) / v.std(ddof=1)
+            ax.plot(stats.norm.ppf(probs), z, ".", ms=3, color=_colour(group, i), label=group)
+        lim = 3.5
+        ax.plot([-lim, lim], [-lim, lim], color="black", lw=0.8, ls="--")
+        ax.set_title(view, fontsize=9)
+        ax.set_xlabel("normal quantile")
+        ax.set_ylabel("standardised sample quantile")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def tau_violins(taus: Mapping[str, Mapping[str, ArrayLike]], *, windows: Sequence[str] | None = None) -> plt.Figure:
+    """Per-query Kendall tau as violins (with mean markers): one group per compared pair, one violin per window.
+
+    Args:
+        taus: ``{window: {pair: float [Q]}}`` (NaN = undefined, dropped), e.g. :func:`agreement_taus`'s output.
+        windows: the windows to draw, in order (default: all of ``taus``).
+
+    Returns:
+        The figure; the dotted line is tau = 0 (no agreement).
+    """
+    windows = list(windows or taus)
+    if not windows:
+        raise ValueError("taus must hold at least one window, got none")
+    pairs = list(dict.fromkeys(p for w in windows for p in taus[w]))
+    fig, ax = plt.subplots(figsize=(1.2 + 1.6 * len(pairs) * len(windows) / 2, 3.4))
+    width = 0.8 / len(windows)
+    for wi, window in enumerate(windows):
+        colour = _colour(window, wi)
+        for pi, pair in enumerate(pairs):
+            v = _finite(f"taus[{window!r}][{pair!r}]", taus[window].get(pair, []))
+            x = pi + (wi - (len(windows) - 1) / 2) * width
+            if v.size >= 2 and v.std() > 0:
+                body = ax.violinplot(v, positions=[x], widths=width * 0.9, showextrema=False)["bodies"][0]
+                body.set_facecolor(colour)
+                body.set_alpha(0.4)
+            if v.size:
+                ax.plot([x], [v.mean()], "o", color=colour, ms=4)
+        ax.plot([], [], "s", color=colour, alpha=0.5, label=window)
+    ax.axhline(0, color="black", lw=0.8, ls=":")
+    ax.set_xticks(range(len(pairs)), [p.replace("_", " vs ") for p in pairs], fontsize=8)
+    ax.set_ylim(-1.05, 1.05)
+    ax.set_ylabel("per-query Kendall tau-b")
+    ax.legend(fontsize=7, title="window", title_fontsize=7)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def cosine_curves(series: Mapping[str, tuple[ArrayLike, ArrayLike]], *, ylabel: str = "cos(grad ITC, grad term)"
+                  ) -> plt.Figure:
+    """Gradient cosine over training: one line per series (mean over seeds), with a ±1 std band.
+
+    Args:
+        series: ``{label: (steps [S], values [S] or [seeds, S])}``, e.g. ``{"cprd": (steps, cos_cprd per seed)}``
+            (NaN values, e.g. an undefined cosine, are left out of the mean).
+        ylabel: the y-axis label.
+
+    Returns:
+        The figure; the dotted line is 0 (unrelated gradients).
+    """
+    if not series:
+        raise ValueError("series must hold at least one curve, got none")
+    fig, ax = plt.subplots(figsize=(5.2, 3.4))
+    for i, (label, (steps, values)) in enumerate(series.items()):
+        x = as_array(f"series[{label!r}] steps", steps, ndim=1)
+        y = as_array(f"series[{label!r}] values", values)
+        y = y[None] if y.ndim == 1 else y
+        if y.ndim != 2 or y.shape[1] != x.size:
+            raise ValueError(f"series[{label!r}] values must have shape [{x.size}] or [seeds, {x.size}], got {y.shape}")
+        with warnings.catch_warnings():  # an all-NaN column is a NaN point, by design
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean, std = np.nanmean(y, 0), (np.nanstd(y, 0, ddof=1) if len(y) > 1 else np.zeros(x.size))
+        ax.plot(x, mean, marker=".", color=f"C{i}", label=f"{label} ({len(y)} seed{'s' * (len(y) > 1)})")
+        ax.fill_between(x, mean - std, mean + std, color=f"C{i}", alpha=0.2)
+    ax.axhline(0, color="black", lw=0.8, ls=":")
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def lambda_sweep(lams: ArrayLike, means: ArrayLike, stds: ArrayLike, *, metric: str = "RSUM",
+                 references: Mapping[str, tuple[float, float]] | None = None) -> plt.Figure:
+    """A metric against the distillation weight lambda, mean ± std over seeds, with horizontal reference lines.
+
+    Args:
+        lams: float [N] the weights (log-scaled axis when all are > 0 and span a factor >= 10).
+        means, stds: float [N] the metric's mean and std at each weight.
+        metric: the y-axis label.
+        references: ``{label: (mean, std)}`` drawn as lines with a ±std band (e.g. ITC only, teacher re-ranker).
+
+    Returns:
+        The figure.
+    """
+    x = as_array("lams", lams, ndim=1)
+    y = as_array("means", means, shape=x.shape)
+    e = as_array("stds", stds, shape=x.shape)
+    order = np.argsort(x, kind="stable")
+    fig, ax = plt.subplots(figsize=(5.2, 3.4))
+    ax.errorbar(x[order], y[order], yerr=e[order], marker="o", capsize=3, color="C0", label="distillation (λ sweep)")
+    for i, (label, (mean, std)) in enumerate((references or {}).items()):
+        ax.axhline(mean, color=f"C{i + 1}", ls="--", lw=1, label=label)
+        ax.axhspan(mean - std, mean + std, color=f"C{i + 1}", alpha=0.12)
+    if x.size and (x > 0).all() and x.max() / x.min() >= 10:
+        ax.set_xscale("log")
+    ax.set_xlabel("λ (distillation weight)")
+    ax.set_ylabel(metric)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def scale_check(results: Mapping[str, Mapping[str, tuple[float, float]]], *, metric: str = "RSUM") -> plt.Figure:
+    """The scale check: a metric per method (groups) and teacher view (bars), mean ± std.
+
+    Args:
+        results: ``{method: {view: (mean, std)}}``, e.g. ``{"kl": {"logit": (450, 3), "probability": ...}, ...}``.
+        metric: the y-axis label.
+
+    Returns:
+        The figure: bars that move across views within a method mean the method reads the teacher's scale.
+    """
+    if not results:
+        raise ValueError("results must hold at least one method, got none")
+    methods = list(results)
+    views = list(dict.fromkeys(v for m in methods for v in results[m]))
+    nan = (np.nan, np.nan)
+    means = np.array([[results[m].get(v, nan)[0] for m in methods] for v in views], dtype=float)
+    stds = np.array([[results[m].get(v, nan)[1] for m in methods] for v in views], dtype=float)
+    ax = method_bars(views, means, stds, methods)
+    ax.set_ylabel(metric)
+    ax.set_title("teacher view: logit / probability / tempered", fontsize=9)
+    ax.figure.tight_layout()
+    return ax.figure
+

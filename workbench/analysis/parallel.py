@@ -1,0 +1,94 @@
+"""Run many student trainings, in parallel worker processes, skipping runs already finished.
+
+Each job is a (run folder, FitConfig, rerank flag). A finished run folder (``metrics.json`` present and its
+``config.json`` recording the same fit config) is reused, so an interrupted ``reproduce`` / ``demo`` resumes where
+it stopped. Workers share the persistent teacher-score store (SQLite handles concurrent writers).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from workbench.io import read_json
+from workbench.training.config import FitConfig
+
+
+@dataclass(frozen=True)
+class Job:
+    """One student training run."""
+
+    out_dir: Path
+    cfg: FitConfig
+    rerank: bool = False
+    controlled: dict | None = None  # distil from a ControlledTeacher with these settings
+    probe_every: int = 0  # gradient-coordination probe period (0 = off)
+
+
+def finished(job: Job) -> dict[str, Any] | None:
+    """The stored metrics of ``job`` if its folder holds a completed run of the same config, else None."""
+    try:
+        config = read_json(job.out_dir / "config.json")
+        metrics = read_json(job.out_dir / "metrics.json")
+    except (FileNotFoundError, ValueError):
+        return None
+    if config.get("fit") != job.cfg.to_dict() or config.get("controlled_teacher") != job.controlled:
+        return None
+    if job.rerank and "rerank" not in metrics:
+        return None
+    return metrics
+
+
+_WORKSPACE = None
+
+
+def _init_worker(world_cfg: dict, teacher_dir: str | None, store_path: str | None, threads: int) -> None:
+    import torch
+
+    from workbench.analysis.runs import open_workspace
+    from workbench.data.world import WorldConfig
+
+    torch.set_num_threads(threads)
+    global _WORKSPACE
+    _WORKSPACE = open_workspace(WorldConfig(**world_cfg), teacher_dir, store_path)
+
+
+def _run(job: Job) -> dict[str, Any]:
+
+    return _train(_WORKSPACE, job)
+
+
+def _train(ws, job: Job) -> dict[str, Any]:
+    from workbench.analysis.runs import train_student_run
+
+    return train_student_run(ws, job.cfg, job.out_dir, rerank=job.rerank, controlled=job.controlled,
+                             probe_every=job.probe_every)
+
+
+def run_jobs(ws, jobs: list[Job], workers: int | None = None, log=print) -> dict[Path, dict[str, Any]]:
+    """Run every job not already finished; return {out_dir: metrics}. ``workers`` defaults to the CPU count (max 4)."""
+    results = {job.out_dir: m for job in jobs if (m := finished(job)) is not None}
+    todo = [job for job in jobs if job.out_dir not in results]
+    if todo:
+        log(f"[runs] {len(results)} finished already, {len(todo)} to train")
+    workers = workers or min(4, os.cpu_count() or 1)
+    if workers <= 1 or len(todo) <= 1:
+        for job in todo:
+            results[job.out_dir] = _train(ws, job)
+            log(f"[runs] done {job.out_dir.name}")
+        return results
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    init = (asdict(ws.world.config), str(ws.teacher_dir) if ws.teacher_dir else None,
+            str(ws.store_path) if ws.store_path else None, threads)
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                             initargs=init) as pool:
+        futures = {pool.submit(_run, job): job for job in todo}
+        for future in as_completed(futures):
+            job = futures[future]
+            results[job.out_dir] = future.result()
+            log(f"[runs] done {job.out_dir.name}")
+    return results
