@@ -111,11 +111,12 @@ assert len(first) == 4 and all(np.isfinite(m).all() for m in margin.values())
 # %% [markdown]
 # ## 3. One CPRD run
 #
-# Same seed, same batches; the only change is the extra term `CPRD` (validity `top`, M = 4: the teacher's first
-# four of the student's K mined hard negatives are ordered, the rest must only sit below them).
+# Same seed, same batches; the only change is the extra term `CPRD` with its defaults: of the student's K = 8
+# mined hard negatives, those the teacher scores at least θ = 0.5 (ITM logit) are *valid* and must follow the
+# teacher's order; the others must only sit below them.
 
 # %%
-cprd_term = LossTerm("cprd", 1.0, {"validity": "top", "m": 4})
+cprd_term = LossTerm("cprd")  # validity="threshold", threshold=0.5, weight λ = 1
 cprd_run = train_student_run(ws, profile(PROFILE, steps=STEPS, seed=SEED, losses=(LossTerm("itc"), cprd_term)),
                              OUT / "00" / "cprd", rerank=False)
 print(f"teacher: {cprd_run['teacher_store']['computed_pairs']} pairs scored, "
@@ -137,7 +138,7 @@ def row(run: dict) -> list[float]:
 
 
 means = np.array([row(itc_run), row(cprd_run)])
-ax = method_bars(["ITC", "ITC + CPRD"], means, np.zeros_like(means), metrics)
+ax = method_bars(["ITC", "ITC + CPRD"], means, np.full_like(means, np.nan), metrics)  # one seed: no error bars
 ax.set_title(f"{WORLD} world, {STEPS} steps, seed {SEED} (one seed: see notebook 01+ for mean ± std)", fontsize=9)
 save_figure(ax.figure, "quickstart_itc_vs_cprd", (FIGURE_DIR,))
 display(pd.DataFrame(means, index=["ITC", "ITC + CPRD"], columns=metrics).round(1))

@@ -56,13 +56,14 @@ from workbench.training.config import LossTerm, profile
 # %% [markdown]
 # ## 1. The world, the teacher, the panel
 #
-# The panel starts from ITC + CPRD (validity `top`, M = 4). Untick a term to drop it; tick `listmle`, `ranknet`
-# or `kl` to add a baseline. Slow work (training) only starts on the button; runs go to `OUT/03/<time>-<terms>/`.
+# The panel starts from ITC + CPRD with its defaults (validity `threshold`, θ = 0.5 on the teacher's logit). Untick
+# a term to drop it; tick `listmle`, `ranknet` or `kl` to add a baseline. Slow work (training) only starts on the
+# button; runs go to `OUT/03/<time>-<terms>/`.
 
 # %%
 ws = open_workspace(WORLD_PRESETS[WORLD])
 base = profile(PROFILE, steps=STEPS, seed=SEED, eval_every=max(1, STEPS // 10),
-               losses=(LossTerm("itc"), LossTerm("cprd", 1.0, {"validity": "top", "m": 4})))
+               losses=(LossTerm("itc"), LossTerm("cprd")))
 panel = TrainPanel(ws, base, OUT / "03", rerank=not SMOKE)
 panel
 

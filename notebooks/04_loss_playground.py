@@ -219,7 +219,7 @@ assert values.distill.notna().all() and (values.grad_norm > 0).all()
 # written like CLI runs under `OUT/04/`. (Why is CPRD with `top` M = K − 1 exactly ListMLE? Look at the last step.)
 
 # %%
-terms = {"itc": None, "itc+cprd": LossTerm("cprd", 1.0, {"validity": "top", "m": 3}),
+terms = {"itc": None, "itc+cprd": LossTerm("cprd"),  # the defaults: threshold 0.5 on the teacher's logit
          "itc+listmle": LossTerm("listmle"), "itc+anchored_cprd": LossTerm("anchored_cprd", 1.0, {"m": 3})}
 short = profile("smoke" if SMOKE else "quick", steps=RUN_STEPS, seed=SEED, k=8)
 runs = compare_runs(ws, terms, short, out_dir=OUT / "04")
