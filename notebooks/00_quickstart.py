@@ -126,7 +126,8 @@ assert cprd_run["teacher_store"]["computed_pairs"] > 0 and (OUT / "00" / "cprd" 
 # %% [markdown]
 # ## 4. One figure
 #
-# Test-split retrieval (semantic protocol: every true caption counts as a hit) and minimal-pair accuracy.
+# Test-split retrieval (semantic protocol: every true caption counts as a hit) and minimal-pair accuracy. One short
+# run per method and one seed: read it as "both train", not as a verdict on CPRD.
 
 # %%
 metrics = ["R@1 i2t", "R@1 t2i", "R@5 i2t", "minimal pairs"]
@@ -139,7 +140,7 @@ def row(run: dict) -> list[float]:
 
 means = np.array([row(itc_run), row(cprd_run)])
 ax = method_bars(["ITC", "ITC + CPRD"], means, np.full_like(means, np.nan), metrics)  # one seed: no error bars
-ax.set_title(f"{WORLD} world, {STEPS} steps, seed {SEED} (one seed: see notebook 01+ for mean ± std)", fontsize=9)
+ax.set_title(f"{WORLD} world, {STEPS} steps, seed {SEED}: one run each (`make demo`: mean ± std)", fontsize=9)
 save_figure(ax.figure, "quickstart_itc_vs_cprd", (FIGURE_DIR,))
 display(pd.DataFrame(means, index=["ITC", "ITC + CPRD"], columns=metrics).round(1))
 assert np.isfinite(means).all() and ((means >= 0) & (means <= 100)).all()

@@ -46,10 +46,11 @@ STOP_AFTER = 4  # smoke mode: the scripted Stop click comes after this many step
 import json
 
 import torch
+from IPython.display import display
 
-from workbench.analysis.plots import curves, save_figure
+from workbench.analysis.plots import save_figure
 from workbench.analysis.runs import WORLD_PRESETS, load_run, open_workspace, student_metrics
-from workbench.analysis.widgets import TrainPanel
+from workbench.analysis.widgets import TrainPanel, curves_figure
 from workbench.training.checkpoint import load_student
 from workbench.training.config import LossTerm, profile
 
@@ -113,11 +114,14 @@ cli = ["python -m workbench train", f"--world {WORLD}", f"--profile {PROFILE}", 
        f"--out {panel.run_dir}"]
 print(" \\\n    ".join(cli))
 
+# %% [markdown]
+# The run's `history.json` (one row per evaluation), drawn like the panel's live curves:
+
 # %%
-ax = curves(run["history"], ["itc_loss", "cprd_loss", "val_semantic_r1_i2t", "val_semantic_r1_t2i"])
-ax.set_title("history.json of the panel's run", fontsize=9)
-paths = save_figure(ax.figure, "train_with_cprd_history", (FIGURE_DIR,))
-assert paths[0].is_file()
+fig = curves_figure(run["history"], run["history"], cfg.steps)
+paths = save_figure(fig, "train_with_cprd_history", (FIGURE_DIR,))
+display(fig)
+assert paths[0].is_file() and len(run["history"]) >= 1
 
 # %% [markdown]
 # ## Summary

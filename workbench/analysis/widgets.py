@@ -168,7 +168,7 @@ def gradient_heatmap(result: DirectionResult, settings: Settings, rows: int = 16
 def order_table_html(table: pd.DataFrame) -> str:
     """The implied target order of one query as an HTML table; invalid negatives greyed."""
     head = ("<tr><th>role</th><th>target</th><th>candidate</th><th>s (student)</th><th>student rank</th>"
-            "<th>u (teacher)</th><th>relevance</th><th>-∂L/∂s</th></tr>")
+            "<th>u (teacher)</th><th>relevance</th><th>-∂L/∂s (ITC + λ·CPRD)</th></tr>")
     body = []
     for r in table.itertuples():
         style = "color:#999" if r.role == "invalid" else ("font-weight:bold" if r.role == "positive" else "")
@@ -305,7 +305,7 @@ class LossPlayground:
 
 def curves_figure(steps: Sequence[Mapping[str, float]], evals: Sequence[Mapping[str, float]],
                   total_steps: int | None = None) -> Figure:
-    """Training losses per step (left) and validation R@1 / RSUM per evaluation (right)."""
+    """Training losses per step (left) and validation R@1, semantic protocol, per evaluation (right)."""
     fig = new_figure(9, 3.2)
     ax_loss, ax_val = fig.subplots(1, 2)
     keys = [k for k in (steps[0] if steps else {}) if k.endswith("_loss") or k == "loss"]
