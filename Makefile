@@ -25,11 +25,14 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check workbench tests benchmarks notebooks
 
+# .ipynb from the jupytext sources (notebooks/*.py, paired both ways; the .ipynb are git-ignored).
 notebooks: $(STAMP)
 	$(PY) -m jupytext --sync notebooks/*.py
 
+# JupyterLab on the notebooks (saving a notebook there also updates its .py source). LAB_ARGS=... adds options.
+LAB_ARGS ?=
 lab: $(STAMP) notebooks
-	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -128,6 +128,7 @@ def train_student_run(ws: Workspace, cfg: FitConfig, out_dir: str | Path | None,
     teacher_scores = None
     if needs_teacher(cfg):
         teacher_scores = ws.teacher_scores() if controlled is None else _controlled_scores(ws, controlled)
+    torch.manual_seed(cfg.seed)  # the student's initialisation is part of the run's seed
     student = ws.new_student()
     callbacks = tuple(callbacks) + _probe_callbacks(cfg, ws, teacher_scores, student, probe_every)
     start = time.time()

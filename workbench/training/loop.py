@@ -44,6 +44,14 @@ from workbench.training.slates import Side, distill_batch, itc_batch
 Callback = Callable[[int, dict[str, Any]], None]
 
 
+class StopTraining(Exception):  # noqa: N818  (a control-flow signal, like StopIteration)
+    """Raise from a callback to end :func:`fit` early (e.g. a notebook's stop button).
+
+    The step in progress completes; ``fit`` then logs a final row at that step (with evaluation) unless one was
+    just logged, saves the checkpoint when it has an ``out_dir``, and returns normally.
+    """
+
+
 @dataclass
 class TrainState:
     """Everything that changes during training (and is checkpointed)."""
@@ -295,6 +303,7 @@ def fit(
         resume: continue from ``out_dir/checkpoint`` if present (same config required).
         callbacks: ``cb(step, row)`` after each logged row (live plots, tables; never inside the step).
         step_callbacks: ``cb(step, row)`` after every step with that step's losses (e.g. a progress-bar postfix).
+            Any callback may raise :class:`StopTraining` to end the run early (final row logged, checkpoint saved).
         progress: wraps the step range (e.g. ``lambda r: tqdm(r)``).
         dist: the data-parallel context; default: the initialised process group, if any (else one process).
             Every rank calls ``fit`` with the same arguments; only the main process writes checkpoints.
@@ -313,17 +322,22 @@ def fit(
     if resume and out_dir is not None and (Path(out_dir) / "checkpoint").is_dir():
         load_trainer_state(Path(out_dir) / "checkpoint", state, cfg)
     steps = range(state.step, cfg.steps)
-    for _ in progress(steps) if progress else steps:
-        if cfg.pool == "gallery" and (state.step % cfg.refresh_every == 0 or not state.gallery):
-            refresh_gallery(state, ctx)
-        row = train_step(state, ctx)
-        state.step += 1
-        for cb in step_callbacks:
-            cb(state.step, row)
-        if state.step % cfg.eval_every == 0 or state.step == cfg.steps:
-            _log(state, row, evaluate, callbacks)
-        if out_dir is not None and cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and dist.is_main:
-            save_trainer_state(Path(out_dir) / "checkpoint", state, cfg)
+    row: dict[str, Any] | None = None
+    try:
+        for _ in progress(steps) if progress else steps:
+            if cfg.pool == "gallery" and (state.step % cfg.refresh_every == 0 or not state.gallery):
+                refresh_gallery(state, ctx)
+            row = train_step(state, ctx)
+            state.step += 1
+            for cb in step_callbacks:
+                cb(state.step, row)
+            if state.step % cfg.eval_every == 0 or state.step == cfg.steps:
+                _log(state, row, evaluate, callbacks)
+            if out_dir is not None and cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and dist.is_main:
+                save_trainer_state(Path(out_dir) / "checkpoint", state, cfg)
+    except StopTraining:
+        if row is not None and (not state.history or state.history[-1]["step"] != state.step):
+            _log(state, row, evaluate, callbacks, stopping=True)
     student.eval()
     if out_dir is not None and dist.is_main:
         save_trainer_state(Path(out_dir) / "checkpoint", state, cfg)
@@ -331,11 +345,15 @@ def fit(
     return state
 
 
-def _log(state: TrainState, row: dict, evaluate, callbacks) -> None:
+def _log(state: TrainState, row: dict, evaluate, callbacks, stopping: bool = False) -> None:
     row = {"step": state.step, **row}
     if evaluate is not None:
         state.student.eval()
         row |= evaluate(state.student)
     state.history.append(row)
     for cb in callbacks:
-        cb(state.step, row)
+        try:
+            cb(state.step, row)
+        except StopTraining:
+            if not stopping:
+                raise
