@@ -137,10 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--workers", type=int, default=None, help="parallel training processes (default: profile's)")
     rep.add_argument("--groups", default=None, help="comma-separated experiment groups (default: the profile's)")
 
-    demo = sub.add_parser("demo", help="the main job: students, teacher re-ranking, figures and a results table")
+    demo = sub.add_parser("demo", help="what `make demo` runs: `reproduce` on the built-in world (report, figures)")
     demo.add_argument("--profile", default="quick", choices=["smoke", "quick", "full"])
     demo.add_argument("--out", default="runs/demo")
-    demo.add_argument("--seeds", type=int, default=3)
+    demo.add_argument("--workers", type=int, default=None, help="parallel training processes (default: profile's)")
     demo.add_argument("--teacher", default=None, help="teacher folder (default: the committed one)")
     return parser
 
@@ -448,9 +448,10 @@ def cmd_reproduce(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from workbench.analysis.demo import run_demo
+    from workbench.analysis.reproduce import reproduce
 
-    run_demo(args.profile, Path(args.out), seeds=args.seeds, teacher_dir=args.teacher)
+    reproduce(args.profile, Path(args.out), teacher_dir=args.teacher, workers=args.workers)
+    print(f"report: {Path(args.out) / 'report.md'}   figures: figures/ and {Path(args.out) / 'figures'}")
     return 0
 
 
