@@ -59,14 +59,16 @@ class ReproduceProfile:
     controlled: tuple[str, ...]  # CONTROLLED keys
     levers: bool = False  # mining pool and K
     workers: int = 2
-    prefill: int = 8  # teacher-score store prefill: top-M of the first ITC student per train query (0 = off)
+    prefill: int = 16  # teacher-score store prefill: top-M of the first ITC student per train query (0 = off)
+    probe_seeds: int = 3  # runs (seeds) of each headline method that track gradient coordination
+    full_list: str = "all"  # Finding 2's "full list": "all" (the whole batch) or "hard+easy" (K hard + K easy)
 
 
 PROFILES = {
     "smoke": ReproduceProfile("smoke", "smoke", "smoke", 30, 2, 1, ("probability",), (0.25,), ("threshold0",),
-                              ("truth",), levers=True, prefill=4),
-    "quick": ReproduceProfile("quick", "default", "quick", 300, 3, 1, ("probability",), (0.25,),
-                              ("threshold0", "all"), ("truth", "mentions_only")),
+                              ("truth",), levers=True, prefill=4, probe_seeds=1, full_list="hard+easy"),
+    "quick": ReproduceProfile("quick", "default", "quick", 200, 3, 1, ("probability",), (0.25,),
+                              ("threshold0",), ("truth", "mentions_only"), probe_seeds=1, full_list="hard+easy"),
     "full": ReproduceProfile("full", "default", "full", 1500, 3, 2, ("probability", "tempered"), (0.25, 0.5, 2.0),
                              tuple(VALIDITY_RULES), tuple(CONTROLLED), levers=True, workers=4),
 }
@@ -81,8 +83,8 @@ def fit_config(p: ReproduceProfile, seed: int, **changes: Any) -> FitConfig:
 def _jobs(out: Path, group: str, name: str, p: ReproduceProfile, seeds: int, rerank: bool = False,
           controlled: dict | None = None, probe: bool = False, **changes: Any) -> list[Job]:
     every = max(1, p.steps // 4) if probe else 0
-    return [Job(out / group / f"{name}_seed{s}", fit_config(p, s, **changes), rerank, controlled, every)
-            for s in range(seeds)]
+    return [Job(out / group / f"{name}_seed{s}", fit_config(p, s, **changes), rerank, controlled,
+                every if s < p.probe_seeds else 0) for s in range(seeds)]
 
 
 def plan(p: ReproduceProfile, out: Path) -> dict[str, list[Job]]:
@@ -102,8 +104,10 @@ def plan(p: ReproduceProfile, out: Path) -> dict[str, list[Job]]:
     # Finding 2: rank distillation over easy negatives / the whole batch (hard = the headline's listmle)
     g["negatives"] += _jobs(out, "negatives", "listmle_easy", p, n, losses=METHODS["listmle"], negatives="easy",
                             easy_rank=64)
-    g["negatives"] += _jobs(out, "negatives", "listmle_all", p, n, losses=METHODS["listmle"], negatives="all",
-                            pool="batch")
+    full = {"negatives": "all", "pool": "batch"} if p.full_list == "all" else {"negatives": "hard+easy",
+                                                                                  "easy_rank": 64}
+    g["negatives"] += _jobs(out, "negatives", f"listmle_{p.full_list.replace('+', '_')}", p, n,
+                            losses=METHODS["listmle"], **full)
     for lam in p.lambdas:  # Finding 3: the weight of CPRD
         g["lambda"] += _jobs(out, "lambda", f"cprd_lambda{lam:g}", p, n, losses=(ITC, replace(CPRD, weight=lam)))
     for name in p.validity:  # beyond the paper: which hard negatives are "valid"

@@ -83,7 +83,8 @@ def finding2(slates: dict[str, EvalSlates], runs: dict[str, list[dict]]) -> tupl
         summaries[d], taus[d] = agreement_summary(*args), agreement_taus(*args)
     rsum = {name: mean_std([r["retrieval"]["semantic"]["rsum"] for r in rs]) for name, rs in runs.items()}
     ablation = {"none (itc)": rsum.get("itc"), "hard (student top-K)": rsum.get("listmle"),
-                "easy (beyond rank R)": rsum.get("listmle_easy"), "all (whole batch)": rsum.get("listmle_all")}
+                "easy (beyond rank R)": rsum.get("listmle_easy"), "all (whole batch)": rsum.get("listmle_all"),
+                "hard + easy (K of each)": rsum.get("listmle_hard_easy")}
     return {"agreement": summaries, "ablation_rsum": {k: v for k, v in ablation.items() if v}}, taus
 
 

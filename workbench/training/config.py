@@ -79,7 +79,8 @@ class FitConfig:
     pool: str = "batch"  # mining pool: "batch" | "queue" (batch + recent embeddings) | "gallery" (whole split)
     queue_size: int = 4096
     refresh_every: int = 100  # gallery pool: re-embed the training split every N steps
-    negatives: str = "hard"  # "hard": student top-K; "easy": K sampled beyond rank easy_rank; "all": whole batch
+    # "hard": student top-K; "easy": K sampled beyond rank easy_rank; "hard+easy": both (2K); "all": the whole batch
+    negatives: str = "hard"
     easy_rank: int = 32
     teacher_output: str = "logit"  # what losses see as u: "logit", "probability", or "tempered" (logit / T)
     teacher_temperature: float = 1.0
@@ -104,7 +105,7 @@ class FitConfig:
         check_choice("pool", self.pool, ["batch", "queue", "gallery"])
         check_int("queue_size", self.queue_size, min_value=1)
         check_int("refresh_every", self.refresh_every, min_value=1)
-        check_choice("negatives", self.negatives, ["hard", "easy", "all"])
+        check_choice("negatives", self.negatives, ["hard", "easy", "hard+easy", "all"])
         check_choice("teacher_output", self.teacher_output, ["logit", "probability", "tempered"])
         check_float("teacher_temperature", self.teacher_temperature, min_value=0.0, strict_min=True)
         if self.negatives == "all" and self.pool != "batch":

@@ -52,13 +52,19 @@ def itc_batch(sim: torch.Tensor, positive: torch.Tensor) -> ScoreBatch:
 
 
 def mine(side: Side, cfg: FitConfig, relation: PairRelation, scale: torch.Tensor, gen: torch.Generator) -> Mined:
-    """K negatives per query from the pool, positives (per ``relation``) excluded; hard or easy per ``cfg``."""
+    """Negatives per query from the pool, positives (per ``relation``) excluded: K hard, K easy, or both (2K)."""
     exclude = relation_exclude(relation, side.direction, query_ids=side.query_ids, candidate_ids=side.pool_ids)
     query, pool = side.query.detach().float(), side.pool.detach().float()
-    if cfg.negatives == "easy":
-        return sample_easy_negatives(query, pool, cfg.k, beyond_rank=cfg.easy_rank, positives=exclude,
+    easy = hard = None
+    if cfg.negatives in ("easy", "hard+easy"):
+        easy = sample_easy_negatives(query, pool, cfg.k, beyond_rank=cfg.easy_rank, positives=exclude,
                                      generator=gen, scale=scale.detach())
-    return mine_hard_negatives(query, pool, cfg.k, positives=exclude, scale=scale.detach())
+    if cfg.negatives in ("hard", "hard+easy"):
+        hard = mine_hard_negatives(query, pool, cfg.k, positives=exclude, scale=scale.detach())
+    if easy is None or hard is None:
+        return easy or hard
+    return Mined(torch.cat([hard.indices, easy.indices], 1), torch.cat([hard.scores, easy.scores], 1),
+                 torch.cat([hard.valid, easy.valid], 1))
 
 
 def distill_batch(side: Side, cfg: FitConfig, relation: PairRelation, scale: torch.Tensor, teacher,
