@@ -19,6 +19,11 @@ def ws():
     return open_workspace(WORLD_PRESETS["smoke"], store_path=None)
 
 
+def _student(ws, seed: int = 0):
+    torch.manual_seed(seed)
+    return ws.new_student()
+
+
 def _weights(student) -> list[torch.Tensor]:
     return [p.detach().clone() for p in student.state_dict().values()]
 
@@ -29,16 +34,17 @@ def test_resume_gives_the_same_run(ws, tmp_path, pool):
     cfg = profile("smoke", steps=20, eval_every=5, checkpoint_every=10, pool=pool, queue_size=64, refresh_every=7,
                   losses=(LossTerm("itc"), LossTerm("cprd", 1.0, {"validity": "top", "m": 2})))
     scores = ws.teacher_scores()
-    full = fit(cfg, ws.world, ws.new_student(), teacher_scores=scores, out_dir=tmp_path / "full")
+    full = fit(cfg, ws.world, _student(ws), teacher_scores=scores, out_dir=tmp_path / "full")
 
-    torch.manual_seed(123)  # a different global RNG state must not matter: all randomness is seeded by the config
     half = replace(cfg, steps=10)
-    fit(half, ws.world, ws.new_student(), teacher_scores=scores, out_dir=tmp_path / "resumed")
+    fit(half, ws.world, _student(ws), teacher_scores=scores, out_dir=tmp_path / "resumed")
     meta_path = tmp_path / "resumed" / "checkpoint" / "config.json"
     meta = json.loads(meta_path.read_text())
     meta["fit_config"] = cfg.to_dict()  # the interrupted run was the 20-step run, stopped at its step 10
     meta_path.write_text(json.dumps(meta))
-    resumed = fit(cfg, ws.world, ws.new_student(), teacher_scores=scores, out_dir=tmp_path / "resumed", resume=True)
+    fresh = _student(ws, seed=99)  # resuming must restore the weights, whatever the new student's init
+    torch.manual_seed(123)  # and a different global RNG state must not matter: the run's randomness is its own
+    resumed = fit(cfg, ws.world, fresh, teacher_scores=scores, out_dir=tmp_path / "resumed", resume=True)
 
     assert [r["loss"] for r in resumed.history] == [r["loss"] for r in full.history]
     assert all(torch.equal(a, b) for a, b in zip(_weights(full.student), _weights(resumed.student), strict=True))
