@@ -325,7 +325,7 @@ def fit(
     row: dict[str, Any] | None = None
     try:
         for _ in progress(steps) if progress else steps:
-            if cfg.pool == "gallery" and (state.step % cfg.refresh_every == 0 or not state.gallery):
+            if _gallery_due(cfg, state):
                 refresh_gallery(state, ctx)
             row = train_step(state, ctx)
             state.step += 1
@@ -343,6 +343,12 @@ def fit(
         save_trainer_state(Path(out_dir) / "checkpoint", state, cfg)
     dist.barrier()
     return state
+
+
+def _gallery_due(cfg: FitConfig, state: TrainState) -> bool:
+    """Whether to re-embed the training split now (gallery pool with distillation terms only)."""
+    return cfg.pool == "gallery" and bool(cfg.distill_terms) and (state.step % cfg.refresh_every == 0
+                                                                  or not state.gallery)
 
 
 def _log(state: TrainState, row: dict, evaluate, callbacks, stopping: bool = False) -> None:
