@@ -221,8 +221,10 @@ def window_ranks(scores: Any, mask: Any) -> np.ndarray:
     return np.where(m, ranks, np.nan)
 
 
-def _describe_item(split: Any, kind: str, index: int) -> str:
-    """A caption's text, or an image's scene description (the built-in world) / file name (real data)."""
+def describe_item(split: Any, kind: str, index: int) -> str:
+    """A caption's text (``kind="caption"``), or an image's scene description (the built-in world) / file name (real
+    data) (``kind="image"``)."""
+    check_choice("kind", kind, ["caption", "image"])
     if kind == "caption":
         return split.texts[index]
     scenes = getattr(split, "scenes", None)
@@ -233,7 +235,7 @@ def query_text(slates: EvalSlates, split: Any, q: int) -> str:
     """What query row ``q`` is: the image's scene (i2t) or the caption (t2i)."""
     q = check_int("q", q, min_value=0, max_value=len(slates.student) - 1)
     kind = "image" if slates.direction == "i2t" else "caption"
-    return _describe_item(split, kind, int(slates.queries[q]))
+    return describe_item(split, kind, int(slates.queries[q]))
 
 
 def query_frame(slates: EvalSlates, split: Any, q: int, window: str = "hard", order: str = "student"
@@ -264,7 +266,7 @@ def query_frame(slates: EvalSlates, split: Any, q: int, window: str = "hard", or
     for j in np.flatnonzero(slates.positive[q].numpy() | mask[0]):
         role = "positive" if slates.positive[q, j] else ("hard" if slates.hard[q, j] else "easy")
         cand = int(slates.candidates[q, j])
-        rows.append({"role": role, "candidate": cand, "text": _describe_item(split, kind, cand),
+        rows.append({"role": role, "candidate": cand, "text": describe_item(split, kind, cand),
                      "student": s[0, j], "student_rank": s_rank[j], "teacher": u[0, j], "teacher_rank": u_rank[j],
                      "relevance": rel[0, j]})
     frame = pd.DataFrame(rows)

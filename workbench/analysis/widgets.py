@@ -1,5 +1,5 @@
-"""Notebook widgets (the only module importing ipywidgets): controls that redraw figures, the loss playground, and
-a training panel with live curves and a stop button.
+"""Notebook widgets (the only module importing ipywidgets): controls that redraw figures, the loss playground, a
+training panel with live curves and a stop button, the score-distribution explorer and the per-query viewer.
 
 Figures are rendered with matplotlib's Agg backend into ``ipywidgets.Image`` PNGs: this works the same in
 JupyterLab, in a headless test (``widget.value`` holds the bytes) and from a training thread. Anything slow
@@ -10,6 +10,8 @@ redraws only on release (``continuous_update=False``) or on a button.
     view = FigureView(draw, {"k": IntSlider(...)})   # draw(**values) -> matplotlib Figure; redrawn on change
     LossPlayground(cached)                           # notebook 04: sliders -> loss value, gradients, target order
     TrainPanel(workspace, profile("quick"), "runs/notebooks")   # notebook 03: pick terms, train, stop
+    ScoreExplorer(slates, student_scores)            # notebook 01: model / direction / groups / teacher view
+    QueryViewer(slates, split)                       # notebook 02: one query, its candidates, three orders
 """
 
 from __future__ import annotations
@@ -29,7 +31,24 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+from scipy import stats
 
+from workbench.analysis.agreement import PAIRS, kendall_tau_rows
+from workbench.analysis.distributions import describe, grouped_values, per_query_stats
+from workbench.analysis.explore import (
+    DESCRIBE_COLUMNS,
+    ORDERS,
+    TEACHER,
+    VIEWS,
+    WINDOWS,
+    describe_item,
+    query_frame,
+    query_text,
+    score_view,
+    slate_labels,
+    window_mask,
+)
+from workbench.analysis.finding_plots import GROUP_COLOURS
 from workbench.analysis.playground import (
     CachedBatch,
     DirectionResult,
@@ -497,10 +516,6 @@ def distribution_figure(values: Mapping[str, np.ndarray], title: str, bins: int 
         values: ``{group: float [n]}`` (empty groups are skipped).
         title: the figure's title; bins: histogram bins shared by the groups.
     """
-    from scipy import stats
-
-    from workbench.analysis.finding_plots import GROUP_COLOURS
-
     fig = new_figure(9, 3.4)
     ax_hist, ax_qq = fig.subplots(1, 2)
     data = {g: np.asarray(v, dtype=float) for g, v in values.items() if np.size(v)}
@@ -548,8 +563,6 @@ class ScoreExplorer:
 
     def __init__(self, slates: Mapping[str, Any], students: Mapping[str, Mapping[str, Any]], *,
                  temperature: float = 4.0):
-        from workbench.analysis.explore import TEACHER, VIEWS
-
         if not slates:
             raise ValueError("slates must hold at least one direction, got none")
         self.slates = dict(slates)
@@ -582,15 +595,10 @@ class ScoreExplorer:
         return [g for g in ("positive", "hard", "easy") if values[g]]
 
     def _scores(self, v: Mapping[str, Any]) -> tuple[np.ndarray, tuple[float, float] | None, str]:
-        from workbench.analysis.explore import score_view
-
         return score_view(self.slates[v["direction"]], self.students[v["direction"]], v["model"], v["view"],
                           v["temperature"])
 
     def _draw(self, **v: Any) -> Figure:
-        from workbench.analysis.distributions import grouped_values
-        from workbench.analysis.explore import slate_labels
-
         groups = self._groups(v)
         if not groups:
             raise ValueError("tick at least one group: positives, hard negatives or easy negatives")
@@ -600,9 +608,6 @@ class ScoreExplorer:
 
     def _refresh(self, change: Any = None) -> None:
         """Show only the controls that apply, and recompute the statistics."""
-        from workbench.analysis.distributions import describe, grouped_values, per_query_stats
-        from workbench.analysis.explore import DESCRIBE_COLUMNS, TEACHER, slate_labels
-
         v = {name: w.value for name, w in self.controls.items()}
         teacher = v["model"] == TEACHER
         self.controls["view"].layout.display = "" if teacher else "none"
@@ -626,11 +631,6 @@ class ScoreExplorer:
 
 
 # --------------------------------------------------------------------------------- query viewer (notebook 02)
-
-
-def _describe_scene(split: Any, image: int) -> str:
-    scenes = getattr(split, "scenes", None)
-    return scenes[image].describe() if scenes is not None else ""
 
 
 def _relevance_colour(r: float) -> str:
@@ -674,8 +674,6 @@ class QueryViewer:
     """
 
     def __init__(self, slates: Mapping[str, Any], split: Any, *, images: int = 5):
-        from workbench.analysis.explore import ORDERS, WINDOWS
-
         if not slates:
             raise ValueError("slates must hold at least one direction, got none")
         if any(sl.queries is None or sl.candidates is None for sl in slates.values()):
@@ -709,9 +707,6 @@ class QueryViewer:
 
     def taus(self, direction: str, query: int, window: str) -> dict[str, float]:
         """Kendall tau-b of one query over one window: teacher vs truth, teacher vs student, student vs truth."""
-        from workbench.analysis.agreement import PAIRS, kendall_tau_rows
-        from workbench.analysis.explore import window_mask
-
         sl = self.slates[direction]
         row = slice(query, query + 1)
         x = {"teacher": sl.teacher[row].numpy(), "student": sl.student[row].numpy(),
@@ -720,8 +715,6 @@ class QueryViewer:
         return {name: float(kendall_tau_rows(x[a], x[b], mask)[0]) for name, (a, b) in PAIRS.items()}
 
     def _draw(self, direction: str, query: int, window: str, order: str) -> Figure:
-        from workbench.analysis.explore import query_frame
-
         sl, q = self.slates[direction], self._query({"direction": direction, "query": query})
         frame = query_frame(sl, self.split, q, window, order)
         fig = new_figure(10, 3.8)
@@ -729,7 +722,7 @@ class QueryViewer:
         if direction == "i2t":
             ax = left.subplots()
             image = int(sl.queries[q])
-            scene = textwrap.fill(_describe_scene(self.split, image), 60)
+            scene = textwrap.fill(describe_item(self.split, "image", image), 60)
             self._show_image(ax, image, f"query image {image}\n{scene}")
         else:
             own = frame[frame.role == "positive"].head(1)
@@ -766,8 +759,6 @@ class QueryViewer:
         ax.grid(alpha=0.3)
 
     def _refresh(self, change: Any = None) -> None:
-        from workbench.analysis.explore import query_frame, query_text
-
         v = {name: w.value for name, w in self.controls.items()}
         d, q = v["direction"], self._query(v)
         sl = self.slates[d]
