@@ -36,6 +36,7 @@ from workbench.analysis.distributions import (
     teacher_views,
 )
 from workbench.analysis.evaluate import embed_split
+from workbench.analysis.runs import train_student_run
 from workbench.analysis.slates_eval import EvalSlates
 from workbench.checks import check_choice, check_int
 from workbench.data.karpathy import DATASETS
@@ -89,8 +90,6 @@ def ensure_students(ws: Any, configs: Mapping[str, Any], out_dir: str | Path, *,
         out_dir: the folder holding one run folder per name.
         log: receives one line per student.
     """
-    from workbench.analysis.runs import train_student_run
-
     found = {}
     for name, cfg in configs.items():
         run = Path(out_dir) / name
