@@ -1,17 +1,34 @@
 """The loss playground's logic (hand cases, naive-loop oracles for values and gradients), the widgets built
-headless (build, set a value, assert the output changed), the train panel's stop button, and ``StopTraining``."""
+headless (build, set a value, assert the output changed), the train panel's stop button, ``StopTraining``, and the
+exploration helpers of notebooks 01 / 02 / 05 (hand cases and loop oracles) with their explorer and query viewer."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
+from types import SimpleNamespace
 from typing import Literal
 
+import numpy as np
 import pytest
 import torch
 
+from workbench.analysis import explore as ex
 from workbench.analysis import playground as pg
+from workbench.analysis.agreement import agreement_summary, agreement_taus
+from workbench.analysis.distributions import describe
+from workbench.analysis.evaluate import embed_split
 from workbench.analysis.runs import DEFAULT_TEACHER, open_workspace
-from workbench.analysis.widgets import FigureView, LossPlayground, TrainPanel, loss_param_controls, new_figure
+from workbench.analysis.slates_eval import EvalSlates, build_eval_slates
+from workbench.analysis.widgets import (
+    FigureView,
+    LossPlayground,
+    QueryViewer,
+    ScoreExplorer,
+    TrainPanel,
+    loss_param_controls,
+    new_figure,
+)
 from workbench.data.world import WorldConfig
 from workbench.io import load_checkpoint, read_json
 from workbench.losses import ScoreBatch, get_loss, register_loss, unregister_loss
@@ -387,3 +404,321 @@ def test_fit_stop_from_an_evaluation_callback_logs_no_duplicate_row(ws):
 
     state = fit(profile("smoke", steps=50, batch=8, eval_every=2), ws.world, ws.new_student(), callbacks=(stop,))
     assert state.step == 2 and [r["step"] for r in state.history] == [2]
+
+
+# ------------------------------------------------------------- exploration helpers and widgets (notebooks 01, 02, 05)
+
+
+def synthetic_slates(Q: int = 6, P: int = 2, K: int = 4, seed: int = 0, direction: str = "i2t") -> EvalSlates:
+    """Random slates [Q, P + 2K]: P positives (query 0 has one, the other is padding), K hard, K easy; candidate
+    ``q * L + l`` for entry (q, l)."""
+    g = torch.Generator().manual_seed(seed)
+    L = P + 2 * K
+    positive, hard, easy = (torch.zeros(Q, L, dtype=torch.bool) for _ in range(3))
+    positive[:, :P], hard[:, P : P + K], easy[:, P + K :] = True, True, True
+    positive[0, 1] = False
+    return EvalSlates(student=torch.randn(Q, L, generator=g) * 3, teacher=torch.randn(Q, L, generator=g) * 4,
+                      relevance=torch.randint(0, 4, (Q, L), generator=g).float() / 3, positive=positive, hard=hard,
+                      easy=easy, direction=direction, queries=torch.arange(Q),
+                      candidates=torch.arange(Q * L).reshape(Q, L))
+
+
+def fake_split(n: int) -> SimpleNamespace:
+    """Captions ``caption i`` and scenes ``scene i`` (all query_frame needs)."""
+    return SimpleNamespace(texts=[f"caption {i}" for i in range(n)],
+                           scenes=[SimpleNamespace(describe=lambda i=i: f"scene {i}") for i in range(n)])
+
+
+def test_eval_slates_record_the_pairs_they_score(ws):
+    test = ws.world.test
+    torch.manual_seed(1)
+    student, other = ws.new_student(), ws.new_student()
+    sl = build_eval_slates(student, ws.teacher, test, "t2i", queries=7, k_hard=4, k_easy=3, easy_rank=8, seed=2)
+    img, txt = embed_split(other, test)
+    naive = torch.zeros_like(sl.student)
+    for q in range(len(sl.student)):
+        for j in range(sl.student.shape[1]):
+            naive[q, j] = other.logit_scale * txt[sl.queries[q]] @ img[sl.candidates[q, j]]
+    torch.testing.assert_close(ex.slate_scores(other, test, sl), naive, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ex.slate_scores(student, test, sl), sl.student, rtol=1e-5, atol=1e-5)
+    cap, im = sl.queries[:, None].expand_as(sl.candidates), sl.candidates
+    rel = test.relevance_pairs(im.flatten(), cap.flatten()).reshape(im.shape)
+    assert torch.equal(rel[sl.valid], sl.relevance[sl.valid])
+    truth = test.relations()["semantic"].pairs(im.flatten(), cap.flatten()).reshape(im.shape)
+    assert truth[sl.positive].all() and not truth[sl.hard | sl.easy].any()
+    with pytest.raises(ValueError, match="must carry queries and candidates"):
+        ex.slate_scores(other, test, replace(sl, candidates=None))
+
+
+def test_score_view_reads_the_teacher_three_ways():
+    sl = synthetic_slates()
+    students = {"itc": sl.student * 2}
+    u = sl.teacher.numpy().astype(np.float64)
+    x, bounds, label = ex.score_view(sl, students, ex.TEACHER, "probability")
+    np.testing.assert_allclose(x, 1 / (1 + np.exp(-u)), rtol=1e-6)
+    assert bounds == (0.0, 1.0) and label == "teacher probability"
+    x, bounds, label = ex.score_view(sl, students, ex.TEACHER, "tempered", temperature=2.0)
+    np.testing.assert_allclose(x, u / 2) and bounds is None and label == "teacher tempered (T = 2)"
+    x, _, label = ex.score_view(sl, students, "itc", "probability")  # the view does not apply to students
+    np.testing.assert_allclose(x, sl.student.numpy() * 2) and label == "student itc logit"
+    with pytest.raises(ValueError, match="model"):
+        ex.score_view(sl, students, "kl")
+    with pytest.raises(ValueError, match="view"):
+        ex.score_view(sl, students, ex.TEACHER, "softmax")
+
+
+def test_distribution_table_describes_each_group():
+    sl = synthetic_slates(Q=20)
+    sl = replace(sl, easy=torch.zeros_like(sl.easy))  # no easy negatives: their rows are left out
+    table = ex.distribution_table(sl, {"a": sl.student + 1}, temperature=3.0)
+    assert ("student a logit", "easy") not in table.index and len(table) == 4 * 2
+    expected = describe(torch.sigmoid(sl.teacher)[sl.hard].numpy(), bounds=(0.0, 1.0))
+    row = table.loc[("teacher probability", "hard")]
+    assert row.n == expected["n"] == 20 * 4
+    assert math.isclose(row.skewness, expected["skewness"], rel_tol=1e-6)
+    assert math.isclose(row.mass_extremes, expected["mass_extremes"])
+    assert math.isclose(table.loc[("student a logit", "positive"), "mean"], float((sl.student + 1)[sl.positive].mean()),
+                        rel_tol=1e-5)
+    views = ex.teacher_view_table(sl, temperature=3.0)
+    assert list(views.index) == ["logit", "probability", "tempered"] and views.loc["tempered", "order_tau"] == 1.0
+    assert views.loc["probability", "softmax_entropy"] > views.loc["logit", "softmax_entropy"]
+
+
+def test_window_ranks_by_hand():
+    ranks = ex.window_ranks(np.array([[3.0, 1.0, 3.0, 2.0, 9.0], [0.0, 5.0, 1.0, 7.0, 2.0]]),
+                            np.array([[W, W, W, W, F], [F, W, F, W, W]]))
+    np.testing.assert_array_equal(ranks, [[1, 4, 2, 3, np.nan], [np.nan, 2, np.nan, 1, 3]])
+    with pytest.raises(ValueError, match="mask"):
+        ex.window_ranks(np.zeros((2, 3)), np.ones((3, 2), dtype=bool))
+
+
+def test_query_frame_lists_positives_then_the_window_ranked():
+    sl = synthetic_slates(Q=4, P=2, K=4)
+    split = fake_split(4 * 10)
+    frame = ex.query_frame(sl, split, 1, "hard", "teacher")
+    assert list(frame.role) == ["positive"] * 2 + ["hard"] * 4
+    assert list(frame.teacher_rank[2:]) == [1, 2, 3, 4] and frame.student_rank[:2].isna().all()
+    hard = sl.hard[1].numpy()
+    by_student = np.argsort(-sl.student[1].numpy()[hard], kind="stable")
+    cand = sl.candidates[1].numpy()[hard]
+    assert dict(zip(frame.candidate[2:], frame.student_rank[2:], strict=True)) == {
+        int(cand[j]): r + 1 for r, j in enumerate(by_student)}
+    assert frame.text[2] == f"caption {frame.candidate[2]}" and frame.student[0] >= frame.student[1]
+    mixed = ex.query_frame(sl, split, 2, "hard+easy", "relevance")
+    neg = mixed[mixed.role != "positive"]
+    assert sorted(neg.student_rank) == list(range(1, 9)) and set(neg.role) == {"hard", "easy"}
+    assert all((a.relevance, -a.student_rank) >= (b.relevance, -b.student_rank)
+               for a, b in zip(neg.iloc[:-1].itertuples(), neg.iloc[1:].itertuples(), strict=True))
+    first = ex.query_frame(sl, split, 0, "easy")  # query 0 has one positive (the other entry is padding)
+    assert list(first.role) == ["positive"] + ["easy"] * 4
+    t2i = replace(sl, direction="t2i")
+    assert ex.query_frame(t2i, split, 0).text[0].startswith("scene ") and ex.query_text(t2i, split, 3) == "caption 3"
+    with pytest.raises(ValueError, match="q must be <= 3"):
+        ex.query_frame(sl, split, 4)
+    with pytest.raises(ValueError, match="window"):
+        ex.query_frame(sl, split, 0, "medium")
+
+
+def test_pair_statistics_by_hand():
+    u = np.array([[2.0, 1.0, 0.0], [0.0, 0.0, -1.0], [1.0, 2.0, 3.0]])
+    r = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 1.0], [0.0, 1.0, 0.0]])
+    mask = np.array([[W, W, W], [W, W, W], [W, F, F]])
+    st = ex.pair_statistics(u, r, mask)
+    np.testing.assert_array_equal(st["pairs"], [3, 3, 0])
+    np.testing.assert_allclose(st["informative"][:2], [2 / 3, 2 / 3])
+    # row 0: both informative pairs right; row 1: (0, 1) a teacher tie (1/2), (0, 2) wrong
+    np.testing.assert_allclose(st["teacher_accuracy"][:2], [1.0, 0.25])
+    sig = 1 / (1 + np.exp(-u[0]))
+    gap = (abs(sig[0] - sig[1]) + abs(sig[0] - sig[2]) + abs(sig[1] - sig[2])) / 3
+    assert math.isclose(st["prob_gap"][0], gap)
+    assert all(np.isnan(v[2]) for k, v in st.items() if k != "pairs")
+
+
+def test_pair_statistics_match_a_loop():
+    rng = np.random.default_rng(0)
+    u, r = rng.normal(size=(5, 7)).round(1), rng.integers(0, 3, size=(5, 7)) / 2
+    mask = rng.random((5, 7)) < 0.7
+    st = ex.pair_statistics(u, r, mask)
+    for q in range(5):
+        idx = np.flatnonzero(mask[q])
+        pairs = [(a, b) for n, a in enumerate(idx) for b in idx[n + 1 :]]
+        inf = [(a, b) for a, b in pairs if r[q, a] != r[q, b]]
+        right = [1.0 if np.sign(u[q, a] - u[q, b]) == np.sign(r[q, a] - r[q, b]) else 0.5 * (u[q, a] == u[q, b])
+                 for a, b in inf]
+        assert st["pairs"][q] == len(pairs)
+        if inf:
+            assert math.isclose(st["informative"][q], len(inf) / len(pairs))
+            assert math.isclose(st["teacher_accuracy"][q], sum(right) / len(inf))
+    table = ex.window_table({"i2t": synthetic_slates(Q=5)})
+    assert list(table.index) == [("i2t", "hard"), ("i2t", "easy")] and (table.negatives == 4).all()
+    hard = synthetic_slates(Q=5)
+    expected = np.nanmean(ex.pair_statistics(hard.teacher.numpy(), hard.relevance.numpy(), hard.hard.numpy())[
+        "teacher_accuracy"])
+    assert math.isclose(table.loc[("i2t", "hard"), "teacher_accuracy"], expected)
+
+
+def test_agreement_table_flattens_the_summaries():
+    sl = synthetic_slates(Q=8)
+    summary = agreement_summary(sl.teacher.numpy(), sl.student.numpy(), sl.relevance.numpy(), sl.hard.numpy(),
+                                sl.easy.numpy())
+    table = ex.agreement_table({"i2t": summary})
+    assert len(table) == 2 * 3 and list(table.columns) == ["mean", "std", "n", "p_zero"]
+    assert table.loc[("i2t", "easy", "teacher_relevance"), "mean"] == summary["easy"]["teacher_relevance"]["mean"]
+
+
+def test_demo_checkpoints_finds_finished_runs_only(tmp_path):
+    for name, finished in (("itc", True), ("kl", False)):
+        run = tmp_path / "runs" / "headline" / f"{name}_seed0"
+        (run / "checkpoint").mkdir(parents=True)
+        (run / "checkpoint" / "config.json").write_text("{}")
+        if finished:
+            (run / "metrics.json").write_text("{}")
+    assert ex.demo_checkpoints(tmp_path) == {"itc": tmp_path / "runs" / "headline" / "itc_seed0" / "checkpoint"}
+    assert ex.demo_checkpoints(tmp_path, seed=1) == {} and ex.demo_checkpoints(None) == {}
+    assert ex.demo_checkpoints(tmp_path / "missing") == {}
+
+
+def test_ensure_students_trains_once_then_reuses(ws, tmp_path):
+    cfg = profile("smoke", steps=2, batch=8, eval_every=2)
+    lines = []
+    paths = ex.ensure_students(ws, {"itc": cfg}, tmp_path, log=lines.append)
+    weights = paths["itc"] / "model.safetensors"
+    stamp = weights.stat().st_mtime_ns
+    again = ex.ensure_students(ws, {"itc": cfg}, tmp_path, log=lines.append)
+    assert again == paths and weights.stat().st_mtime_ns == stamp
+    assert lines[0].startswith("itc: training itc for 2 steps") and lines[1].startswith("itc: reusing")
+    ex.ensure_students(ws, {"itc": cfg.with_(steps=3)}, tmp_path, log=lines.append)  # another config: retrained
+    assert "training" in lines[2] and load_checkpoint(paths["itc"], kind="student")[0]["step"] == 3
+
+
+def test_real_sources_from_the_environment(tmp_path):
+    none = ex.real_sources({})
+    assert not none.ready and len(none.problems) == 4 and none.dataset == "flickr30k"
+    assert "WORKBENCH_TEACHER is not set" in none.explain() and "docs/real_data.md" in none.explain()
+    json_path = tmp_path / "dataset_coco.json"
+    json_path.write_text("{}")
+    env = {"WORKBENCH_KARPATHY_JSON": str(json_path), "WORKBENCH_IMAGE_ROOT": str(tmp_path),
+           "WORKBENCH_TEACHER": "Salesforce/blip-itm-base-coco", "WORKBENCH_STUDENT": " openai/clip "}
+    ok = ex.real_sources(env)
+    assert ok.ready and ok.dataset == "coco" and ok.student == "openai/clip" and ok.karpathy_json == json_path
+    assert ok.explain().startswith("real data: coco") and not ok.tiny
+    bad = ex.real_sources(env | {"WORKBENCH_IMAGE_ROOT": str(tmp_path / "nope"), "WORKBENCH_DATASET": "laion"})
+    assert bad.problems == (f"WORKBENCH_IMAGE_ROOT={tmp_path / 'nope'} does not exist",
+                            "WORKBENCH_DATASET must be one of ['flickr30k', 'coco'], got 'laion'")
+
+
+class TableStudent(torch.nn.Module):
+    """A dual encoder reading fixed unit embeddings from tables (stands in for HFStudent)."""
+
+    embed_batch = 7
+
+    def __init__(self, n_images: int, n_captions: int, dim: int = 6, seed: int = 0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.img = torch.nn.functional.normalize(torch.randn(n_images, dim, generator=g), dim=-1)
+        self.txt = torch.nn.functional.normalize(torch.randn(n_captions, dim, generator=g), dim=-1)
+        self.scale = torch.nn.Parameter(torch.tensor(5.0))
+
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        return self.scale
+
+    def encode_images(self, split, idx, device=None) -> torch.Tensor:
+        return self.img[idx]
+
+    def encode_texts(self, split, idx, device=None) -> torch.Tensor:
+        return self.txt[idx]
+
+
+def test_real_score_groups_against_a_loop(tmp_path):
+    from hf_fixtures import write_tiny_karpathy
+
+    from workbench.data.karpathy import load_karpathy
+
+    json_path = write_tiny_karpathy(tmp_path, n_images=20)
+    split = load_karpathy(json_path, tmp_path / "images", "test")  # 4 images, 20 captions
+    student = TableStudent(split.num_images, split.num_captions)
+    calls = []
+
+    def scorer(img, cap):  # an oracle: the logit encodes the pair
+        calls.append(len(img))
+        return (img * 100 + cap).float() / 50
+
+    groups = ex.real_score_groups(student, scorer, split, k_hard=3, k_easy=2, easy_rank=6, queries=3, seed=0)
+    s = 5.0 * student.img @ student.txt.T  # [4, 20]
+    own = split.caption_image[None, :] == torch.arange(4)[:, None]
+    pos = torch.nonzero(split.caption_image < 3).flatten()
+    np.testing.assert_allclose(groups["student logit"]["positive"], s[split.caption_image[pos], pos], rtol=1e-5)
+    np.testing.assert_allclose(groups["teacher logit"]["positive"], (split.caption_image[pos] * 100 + pos) / 50)
+    np.testing.assert_allclose(groups["teacher probability"]["hard"],
+                               1 / (1 + np.exp(-groups["teacher logit"]["hard"])), rtol=1e-6)
+    hard = s.masked_fill(own, -np.inf)[:3].topk(3, dim=1).values.flatten()
+    np.testing.assert_allclose(np.sort(groups["student logit"]["hard"]), np.sort(hard.numpy()), rtol=1e-5)
+    rank = (-s.masked_fill(own, -np.inf)).argsort(1).argsort(1) + 1  # 1 = hardest non-positive
+    easy_codes = np.round(groups["teacher logit"]["easy"] * 50).astype(int)
+    img, cap = easy_codes // 100, easy_codes % 100
+    assert len(img) == 3 * 2 and (rank[img, cap] > 6).all() and not own[img, cap].any()
+    assert calls == [15, 9, 6]
+
+
+def test_thumbnails_are_squares_in_0_1(tmp_path):
+    from hf_fixtures import write_tiny_karpathy
+
+    from workbench.data.karpathy import load_karpathy
+
+    split = load_karpathy(write_tiny_karpathy(tmp_path, n_images=20), tmp_path / "images", "test")
+    pics = ex.thumbnails(split, [2, 0], size=16)
+    assert pics.shape == (2, 3, 16, 16) and float(pics.min()) >= 0 and float(pics.max()) <= 1
+    assert not torch.equal(pics[0], pics[1])
+
+
+def test_score_explorer_redraws_and_shows_only_the_controls_that_apply():
+    slates = {"i2t": synthetic_slates(Q=12), "t2i": synthetic_slates(Q=9, seed=1, direction="t2i")}
+    students = {d: {"itc": sl.student, "kl": sl.student * 0.1} for d, sl in slates.items()}
+    ex_widget = ScoreExplorer(slates, students)
+    c = ex_widget.controls
+    assert all(w.continuous_update is False for w in c.values() if hasattr(w, "continuous_update"))
+    assert c["temperature"].layout.display == "none" and "teacher probability" in ex_widget.stats.value
+    png, stats = ex_widget.view.image.value, ex_widget.stats.value
+    c["model"].value = "kl"
+    assert ex_widget.view.image.value != png and c["view"].layout.display == "none"
+    assert "student kl logit" in ex_widget.stats.value
+    expected = describe((slates["i2t"].student * 0.1)[slates["i2t"].hard].numpy())["skewness"]
+    assert f"{expected:.3g}" in ex_widget.stats.value
+    c["direction"].value = "t2i"
+    assert "t2i" in ex_widget.stats.value
+    c["model"].value, c["view"].value = ex.TEACHER, "tempered"
+    assert c["temperature"].layout.display == "" and c["view"].layout.display == ""
+    c["positive"].value = c["hard"].value = c["easy"].value = False
+    assert "tick at least one group" in ex_widget.view.error.value
+    with pytest.raises(ValueError, match="same models in every direction"):
+        ScoreExplorer(slates, {"i2t": {"itc": slates["i2t"].student}, "t2i": {}})
+    assert stats != ex_widget.stats.value
+
+
+def test_query_viewer_follows_its_controls(ws):
+    torch.manual_seed(2)
+    student = ws.new_student()
+    kwargs = {"k_hard": 5, "k_easy": 4, "easy_rank": 10, "seed": 0}
+    slates = {"i2t": build_eval_slates(student, ws.teacher, ws.world.test, "i2t", queries=12, **kwargs),
+              "t2i": build_eval_slates(student, ws.teacher, ws.world.test, "t2i", queries=6, **kwargs)}
+    viewer = QueryViewer(slates, ws.world.test)
+    c = viewer.controls
+    assert c["query"].continuous_update is False and c["query"].max == 11
+    png, head = viewer.view.image.value, viewer.header.value
+    c["query"].value = 9
+    assert viewer.view.image.value != png and viewer.header.value != head and "query 9" in viewer.header.value
+    assert viewer.frame.equals(ex.query_frame(slates["i2t"], ws.world.test, 9, "hard", "teacher"))
+    taus = viewer.taus("i2t", 9, "hard")
+    expected = agreement_taus(*(x[9:10].numpy() for x in (slates["i2t"].teacher, slates["i2t"].student,
+                                                           slates["i2t"].relevance, slates["i2t"].hard,
+                                                           slates["i2t"].easy)))["hard"]
+    assert all(math.isclose(taus[k], float(v[0])) or (math.isnan(taus[k]) and np.isnan(v[0]))
+               for k, v in expected.items())
+    c["window"].value = "easy"
+    assert set(viewer.frame.role) <= {"positive", "easy"} and "easy negatives" in viewer.header.value
+    c["direction"].value = "t2i"  # 6 queries: the slider follows and clamps
+    assert c["query"].max == 5 and c["query"].value == 5 and viewer.view.error.value == ""
+    assert f"caption {int(slates['t2i'].queries[5])}" in viewer.header.value
+    assert viewer.frame.text[0] == ws.world.test.scenes[viewer.frame.candidate[0]].describe()
+    assert "<table class='wb-query'" in viewer.table.value

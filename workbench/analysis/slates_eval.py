@@ -25,6 +25,9 @@ class EvalSlates:
         student: float, scale * cosine; teacher: float, ITM logits; relevance: float in [0, 1].
         positive, hard, easy: bool masks of the three groups (padding = none of them).
         direction: "i2t" or "t2i".
+        queries: long [Q], the split index of each query (an image for i2t, a caption for t2i); ``None`` if unknown.
+        candidates: long [Q, L], the split index of each entry (a caption for i2t, an image for t2i; padding
+            entries hold 0); ``None`` if unknown.
     """
 
     student: torch.Tensor
@@ -34,6 +37,8 @@ class EvalSlates:
     hard: torch.Tensor
     easy: torch.Tensor
     direction: str
+    queries: torch.Tensor | None = None
+    candidates: torch.Tensor | None = None
 
     @property
     def valid(self) -> torch.Tensor:
@@ -66,7 +71,7 @@ def build_eval_slates(student: DualEncoder, teacher: CrossEncoder, split: Split,
     s = scale * (q_emb[q_idx][:, None, :] * c_emb[cand]).sum(-1)
     u = PairScorer(teacher, split.images, split.tokens)(img.flatten(), cap.flatten()).reshape(cand.shape)
     rel = split.relevance_pairs(img.flatten(), cap.flatten()).reshape(cand.shape)
-    return EvalSlates(s.float(), u.float(), rel, *groups, direction)
+    return EvalSlates(s.float(), u.float(), rel, *groups, direction, queries=q_idx, candidates=cand)
 
 
 def _positives(relation, direction: str, q_idx: torch.Tensor, n_cand: int, p: int, gen: torch.Generator):

@@ -1,5 +1,5 @@
-"""Notebook widgets (the only module importing ipywidgets): controls that redraw figures, the loss playground, and
-a training panel with live curves and a stop button.
+"""Notebook widgets (the only module importing ipywidgets): controls that redraw figures, the loss playground, a
+training panel with live curves and a stop button, the score-distribution explorer and the per-query viewer.
 
 Figures are rendered with matplotlib's Agg backend into ``ipywidgets.Image`` PNGs: this works the same in
 JupyterLab, in a headless test (``widget.value`` holds the bytes) and from a training thread. Anything slow
@@ -10,6 +10,8 @@ redraws only on release (``continuous_update=False``) or on a button.
     view = FigureView(draw, {"k": IntSlider(...)})   # draw(**values) -> matplotlib Figure; redrawn on change
     LossPlayground(cached)                           # notebook 04: sliders -> loss value, gradients, target order
     TrainPanel(workspace, profile("quick"), "runs/notebooks")   # notebook 03: pick terms, train, stop
+    ScoreExplorer(slates, student_scores)            # notebook 01: model / direction / groups / teacher view
+    QueryViewer(slates, split)                       # notebook 02: one query, its candidates, three orders
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import html
 import io
 import math
+import textwrap
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -28,7 +31,24 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+from scipy import stats
 
+from workbench.analysis.agreement import PAIRS, kendall_tau_rows
+from workbench.analysis.distributions import describe, grouped_values, per_query_stats
+from workbench.analysis.explore import (
+    DESCRIBE_COLUMNS,
+    ORDERS,
+    TEACHER,
+    VIEWS,
+    WINDOWS,
+    describe_item,
+    query_frame,
+    query_text,
+    score_view,
+    slate_labels,
+    window_mask,
+)
+from workbench.analysis.finding_plots import GROUP_COLOURS
 from workbench.analysis.playground import (
     CachedBatch,
     DirectionResult,
@@ -481,6 +501,277 @@ class TrainPanel:
         self._drawn = now
         total = self.options["steps"].value
         self.curves.value = figure_png(curves_figure(self.steps, self.history, total))
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        return self.widget._repr_mimebundle_(**kwargs)
+
+
+# -------------------------------------------------------------------------------- score explorer (notebook 01)
+
+
+def distribution_figure(values: Mapping[str, np.ndarray], title: str, bins: int = 40) -> Figure:
+    """Densities of each group's scores (left; legend: n and skewness) and their normal Q-Q plot (right).
+
+    Args:
+        values: ``{group: float [n]}`` (empty groups are skipped).
+        title: the figure's title; bins: histogram bins shared by the groups.
+    """
+    fig = new_figure(9, 3.4)
+    ax_hist, ax_qq = fig.subplots(1, 2)
+    data = {g: np.asarray(v, dtype=float) for g, v in values.items() if np.size(v)}
+    edges = np.histogram_bin_edges(np.concatenate(list(data.values())), bins=bins) if data else bins
+    for i, (group, v) in enumerate(data.items()):
+        colour = GROUP_COLOURS.get(group, f"C{i}")
+        spread = v.size > 2 and v.std() > 0
+        skew = f"{stats.skew(v):.2f}" if spread else "–"
+        ax_hist.hist(v, bins=edges, density=True, alpha=0.45, color=colour, label=f"{group} (n={v.size}, skew {skew})")
+        if spread:
+            m = min(200, v.size)
+            probs = (np.arange(1, m + 1) - 0.5) / m
+            z = (np.quantile(v, probs) - v.mean()) / v.std(ddof=1)
+            ax_qq.plot(stats.norm.ppf(probs), z, ".", ms=3, color=colour, label=group)
+    ax_qq.plot([-3.5, 3.5], [-3.5, 3.5], color="black", lw=0.8, ls="--")
+    ax_hist.set(xlabel="score", ylabel="density", title="density per group")
+    ax_qq.set(xlabel="normal quantile", ylabel="standardised quantile", title="normal Q-Q (diagonal = normal)")
+    for ax in (ax_hist, ax_qq):
+        ax.title.set_fontsize(9)
+        ax.grid(alpha=0.3)
+        if ax.lines or ax.patches:
+            ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+class ScoreExplorer:
+    """Notebook 01's explorer: the distribution of one model's scores over the evaluation slates, by group.
+
+    Controls: ``model`` (the teacher, or a student by name), ``direction``, which groups to show (``positive``,
+    ``hard``, ``easy``), the teacher's ``view`` (logit / probability / tempered, shown for the teacher only), the
+    tempered view's ``temperature`` (shown for that view only) and ``bins``. Every change redraws the figure
+    (densities + normal Q-Q plot) and the statistics (``stats``: moments, mass near the ends, Shapiro-Wilk W per
+    shown group, and the per-query softmax a KL loss would match); sliders act on release.
+
+    Args:
+        slates: ``{direction: EvalSlates}``.
+        students: ``{direction: {name: float [Q, L]}}``: each student's logits on that direction's slate entries
+            (:func:`~workbench.analysis.explore.slate_scores`); the same names in every direction.
+        temperature: the tempered view's starting divisor.
+
+    Attributes:
+        controls, view (the :class:`FigureView`), stats (HTML), widget.
+    """
+
+    def __init__(self, slates: Mapping[str, Any], students: Mapping[str, Mapping[str, Any]], *,
+                 temperature: float = 4.0):
+        if not slates:
+            raise ValueError("slates must hold at least one direction, got none")
+        self.slates = dict(slates)
+        self.students = {d: dict(students.get(d, {})) for d in self.slates}
+        names = list(next(iter(self.students.values())))
+        if any(list(s) != names for s in self.students.values()):
+            raise ValueError(f"students must name the same models in every direction, got "
+                             f"{ {d: list(s) for d, s in self.students.items()} }")
+        controls = {
+            "model": W.Dropdown(options=[TEACHER, *names], value=TEACHER, description="model"),
+            "direction": W.ToggleButtons(options=list(self.slates), description="direction", style=WIDE),
+            "view": W.ToggleButtons(options=list(VIEWS), value="probability", description="teacher score as",
+                                    style=WIDE),
+            "positive": W.Checkbox(value=True, description="positives", indent=False),
+            "hard": W.Checkbox(value=True, description="hard negatives", indent=False),
+            "easy": W.Checkbox(value=True, description="easy negatives", indent=False),
+            "temperature": W.FloatLogSlider(value=temperature, base=10, min=-1, max=1.5, step=0.05,
+                                            description="T (tempered)", style=WIDE, **SLOW),
+            "bins": W.IntSlider(value=40, min=5, max=120, description="bins", style=WIDE, **SLOW),
+        }
+        self.stats = W.HTML()
+        self.view = FigureView(self._draw, controls, columns=3)
+        self.controls = self.view.controls
+        for w in self.controls.values():
+            w.observe(self._refresh, names="value")
+        self.widget = W.VBox([self.view.widget, self.stats])
+        self._refresh()
+
+    def _groups(self, values: Mapping[str, Any]) -> list[str]:
+        return [g for g in ("positive", "hard", "easy") if values[g]]
+
+    def _scores(self, v: Mapping[str, Any]) -> tuple[np.ndarray, tuple[float, float] | None, str]:
+        return score_view(self.slates[v["direction"]], self.students[v["direction"]], v["model"], v["view"],
+                          v["temperature"])
+
+    def _draw(self, **v: Any) -> Figure:
+        groups = self._groups(v)
+        if not groups:
+            raise ValueError("tick at least one group: positives, hard negatives or easy negatives")
+        x, _, label = self._scores(v)
+        values = grouped_values(x, slate_labels(self.slates[v["direction"]]))
+        return distribution_figure({g: values[g] for g in groups}, f"{label} · {v['direction']}", v["bins"])
+
+    def _refresh(self, change: Any = None) -> None:
+        """Show only the controls that apply, and recompute the statistics."""
+        v = {name: w.value for name, w in self.controls.items()}
+        teacher = v["model"] == TEACHER
+        self.controls["view"].layout.display = "" if teacher else "none"
+        self.controls["temperature"].layout.display = "" if teacher and v["view"] == "tempered" else "none"
+        sl = self.slates[v["direction"]]
+        x, bounds, label = self._scores(v)
+        values = grouped_values(x, slate_labels(sl))
+        rows = {g: {c: describe(values[g], bounds=bounds).get(c) for c in DESCRIBE_COLUMNS}
+                for g in self._groups(v) if values[g].size}
+        table = pd.DataFrame.from_dict(rows, orient="index").to_html(
+            float_format=lambda f: f"{f:.3g}", classes="wb-stats", na_rep="–", border=0)
+        soft = per_query_stats(x, sl.valid.numpy())
+        self.stats.value = (
+            f"<div class='wb-explorer'><b>{html.escape(label)}</b>, {v['direction']}: {table}"
+            f"softmax over each query's slate (what a KL loss matches): normalised entropy "
+            f"<b>{soft['entropy']['mean']:.3f}</b> (1 = uniform), top-1 mass <b>{soft['top_mass']['mean']:.3f}</b>"
+            "</div>")
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        return self.widget._repr_mimebundle_(**kwargs)
+
+
+# --------------------------------------------------------------------------------- query viewer (notebook 02)
+
+
+def _relevance_colour(r: float) -> str:
+    """A background colour from white (relevance 0) to light green (1)."""
+    r = min(max(float(r), 0.0), 1.0)
+    red, green, blue = (round(255 + (end - 255) * r) for end in (140, 215, 140))
+    return f"rgb({red},{green},{blue})"
+
+
+def query_table_html(frame: pd.DataFrame) -> str:
+    """:func:`~workbench.analysis.explore.query_frame` as an HTML table; positives bold, relevance shaded."""
+    head = ("<tr><th>role</th><th>candidate</th><th>text</th><th>student rank</th><th>teacher rank</th>"
+            "<th>relevance</th><th>s (student)</th><th>u (teacher logit)</th></tr>")
+    body = []
+    for r in frame.itertuples():
+        style = "font-weight:bold" if r.role == "positive" else ("color:#555" if r.role == "easy" else "")
+        rank = [("" if pd.isna(x) else str(int(x))) for x in (r.student_rank, r.teacher_rank)]
+        body.append(
+            f"<tr style='{style}'><td>{r.role}</td><td>{r.candidate}</td><td>{html.escape(r.text)}</td>"
+            f"<td>{rank[0]}</td><td>{rank[1]}</td>"
+            f"<td style='background:{_relevance_colour(r.relevance)}'>{r.relevance:.2f}</td>"
+            f"<td>{r.student:.2f}</td><td>{r.teacher:.2f}</td></tr>")
+    return "<table class='wb-query' style='font-size:12px'>" + head + "".join(body) + "</table>"
+
+
+class QueryViewer:
+    """Notebook 02's per-query viewer: one query of the evaluation slates, its candidates in one window (hard, easy
+    or both), and how the student's rank, the teacher's rank and the world's truth compare.
+
+    Controls: ``direction``, ``query`` (row of the slates; on release), ``window`` and ``order`` (sort the table by
+    student rank, teacher rank or relevance). Shows ``header`` (the query and its Kendall taus over the window),
+    a figure (the query image, or for text->image the first candidate images in the chosen order; and teacher rank
+    against student rank, coloured by relevance) and ``table`` (every positive and window negative).
+
+    Args:
+        slates: ``{direction: EvalSlates}`` with ``queries`` / ``candidates``; split: the built-in world split they
+            were built on; images: how many candidate images a text->image query shows.
+
+    Attributes:
+        controls, view (the :class:`FigureView`), header, table (HTML), frame (the current table's DataFrame), widget.
+    """
+
+    def __init__(self, slates: Mapping[str, Any], split: Any, *, images: int = 5):
+        if not slates:
+            raise ValueError("slates must hold at least one direction, got none")
+        if any(sl.queries is None or sl.candidates is None for sl in slates.values()):
+            raise ValueError("slates must carry queries and candidates (build them with build_eval_slates)")
+        self.slates, self.split, self.images = dict(slates), split, images
+        first = next(iter(self.slates.values()))
+        controls = {
+            "direction": W.ToggleButtons(options=list(self.slates), description="direction", style=WIDE),
+            "query": W.IntSlider(value=0, min=0, max=len(first.student) - 1, description="query", style=WIDE, **SLOW),
+            "window": W.ToggleButtons(options=list(WINDOWS), value="hard", description="negatives", style=WIDE),
+            "order": W.Dropdown(options=list(ORDERS), value="teacher", description="sort by", style=WIDE),
+        }
+        self._query_slider = controls["query"]
+        controls["direction"].observe(self._set_query_range, names="value")  # before the figure redraws
+        self.header, self.table = W.HTML(), W.HTML()
+        self.frame: pd.DataFrame | None = None
+        self.view = FigureView(self._draw, controls, columns=4)
+        self.controls = self.view.controls
+        for w in self.controls.values():
+            w.observe(self._refresh, names="value")
+        rows = self.view.widget.children[:-2]  # the controls' rows (then error, image)
+        self.widget = W.VBox([*rows, self.header, self.view.error, self.view.image, self.table])
+        self._refresh()
+
+    def _set_query_range(self, change: Any) -> None:
+        """A new direction may have fewer queries: the slider's range follows (clamping its value)."""
+        self._query_slider.max = len(self.slates[change["new"]].student) - 1
+
+    def _query(self, v: Mapping[str, Any]) -> int:
+        return min(v["query"], len(self.slates[v["direction"]].student) - 1)
+
+    def taus(self, direction: str, query: int, window: str) -> dict[str, float]:
+        """Kendall tau-b of one query over one window: teacher vs truth, teacher vs student, student vs truth."""
+        sl = self.slates[direction]
+        row = slice(query, query + 1)
+        x = {"teacher": sl.teacher[row].numpy(), "student": sl.student[row].numpy(),
+             "relevance": sl.relevance[row].numpy()}
+        mask = window_mask(sl, window)[row].numpy()
+        return {name: float(kendall_tau_rows(x[a], x[b], mask)[0]) for name, (a, b) in PAIRS.items()}
+
+    def _draw(self, direction: str, query: int, window: str, order: str) -> Figure:
+        sl, q = self.slates[direction], self._query({"direction": direction, "query": query})
+        frame = query_frame(sl, self.split, q, window, order)
+        fig = new_figure(10, 3.8)
+        left, right = fig.subfigures(1, 2, width_ratios=[1.1, 1])
+        if direction == "i2t":
+            ax = left.subplots()
+            image = int(sl.queries[q])
+            scene = textwrap.fill(describe_item(self.split, "image", image), 60)
+            self._show_image(ax, image, f"query image {image}\n{scene}")
+        else:
+            own = frame[frame.role == "positive"].head(1)
+            shown = pd.concat([own, frame[frame.role != "positive"].head(self.images - len(own))])
+            axes = np.atleast_1d(left.subplots(1, max(len(shown), 1)))
+            for ax, r in zip(axes, shown.itertuples(), strict=False):
+                rank = "own" if r.role == "positive" else f"S{int(r.student_rank)} T{int(r.teacher_rank)}"
+                self._show_image(ax, r.candidate, f"{rank}\nrel {r.relevance:.2f}")
+            left.suptitle(f"“{self.split.texts[int(sl.queries[q])]}”", fontsize=8)
+        self._rank_plot(right.subplots(), frame, window)
+        return fig
+
+    def _show_image(self, ax: Any, index: int, title: str) -> None:
+        ax.imshow(self.split.images[index].permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
+        ax.set_title(title, fontsize=8)
+        ax.axis("off")
+
+    @staticmethod
+    def _rank_plot(ax: Any, frame: pd.DataFrame, window: str) -> None:
+        neg = frame[frame.role != "positive"]
+        for role, marker in (("hard", "o"), ("easy", "s")):
+            part = neg[neg.role == role]
+            if len(part):
+                points = ax.scatter(part.student_rank, part.teacher_rank, c=part.relevance, cmap="viridis", vmin=0,
+                                    vmax=1, marker=marker, edgecolors="k", linewidths=0.4)
+        n = max(len(neg), 1)
+        ax.plot([1, n], [1, n], color="grey", lw=0.8, ls="--")
+        ax.set(xlabel="student rank", ylabel="teacher rank", xlim=(0.5, n + 0.5), ylim=(n + 0.5, 0.5))
+        markers = {"hard": "circles: hard", "easy": "squares: easy", "hard+easy": "circles: hard, squares: easy"}
+        ax.set_title(f"{markers[window]} negatives; rank 1 = top left;\non the diagonal teacher and student agree",
+                     fontsize=8)
+        if len(neg):
+            ax.figure.colorbar(points, ax=ax, label="relevance (share of true facts)", shrink=0.8)
+        ax.grid(alpha=0.3)
+
+    def _refresh(self, change: Any = None) -> None:
+        v = {name: w.value for name, w in self.controls.items()}
+        d, q = v["direction"], self._query(v)
+        sl = self.slates[d]
+        self.frame = query_frame(sl, self.split, q, v["window"], v["order"])
+        taus = self.taus(d, q, v["window"])
+        fmt = {k: "–" if math.isnan(t) else f"{t:+.2f}" for k, t in taus.items()}
+        what = f"image {int(sl.queries[q])}" if d == "i2t" else f"caption {int(sl.queries[q])}"
+        self.header.value = (
+            f"<div class='wb-query-head'><b>{d} query {q}</b> ({what}): {html.escape(query_text(sl, self.split, q))}"
+            f"<br>Kendall τ over its {v['window']} negatives: teacher vs truth <b>{fmt['teacher_relevance']}</b>, "
+            f"teacher vs student <b>{fmt['teacher_student']}</b>, student vs truth <b>{fmt['student_relevance']}</b>"
+            "</div>")
+        self.table.value = query_table_html(self.frame)
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
         return self.widget._repr_mimebundle_(**kwargs)
