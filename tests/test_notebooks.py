@@ -31,7 +31,8 @@ def kernel_env(out: Path) -> dict[str, str]:
 
 
 def test_there_are_notebooks():
-    assert {p.stem for p in NOTEBOOKS} >= {"00_quickstart", "03_train_with_cprd", "04_loss_playground"}
+    assert {p.stem for p in NOTEBOOKS} >= {"00_quickstart", "01_score_distributions", "02_hard_vs_easy_negatives",
+                                           "03_train_with_cprd", "04_loss_playground", "05_real_models"}
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
