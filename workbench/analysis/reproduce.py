@@ -96,8 +96,8 @@ def finding3(runs: dict[str, list[dict]], histories: dict[str, list[list[dict]]]
     cosine = {}
     for name, hs in histories.items():
         key = f"cos_{name}"
-        rows = [[(row["step"], row[key]) for row in h if row.get(key) is not None] for h in hs]
-        if rows and all(rows):
+        rows = [r for h in hs if (r := [(row["step"], row[key]) for row in h if row.get(key) is not None])]
+        if rows:  # the seeds that tracked coordination (profiles may probe only some)
             cosine[name] = {"steps": [s for s, _ in rows[0]], "values": [[v for _, v in r] for r in rows],
                             "mean": float(np.mean([v for r in rows for _, v in r]))}
     return {"methods_rsum": methods, "lambda_sweep": dict(sorted(sweep.items())), "gradient_cosine": cosine}
