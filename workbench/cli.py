@@ -275,9 +275,7 @@ def cmd_train(args) -> int:
     ws = open_workspace(_world_cfg(args), _builtin_teacher(args), args.store or DEFAULT_STORE)
     dist = current()
     if cfg.distill_terms:
-        scores = ws.teacher_scores()
-        rows = len(scores.store) if ws.store_path else None
-        scores.close()
+        rows = len(ws.teacher_scores().store) if ws.store_path else None
         _say(training_cost(cfg.steps, cfg.batch, dist.world_size, cfg.k, cfg.negatives, rows).text())
     else:
         _say(TeacherCost("training", ()).text())
@@ -411,9 +409,7 @@ def cmd_teacher_scores(args) -> int:
     student = load_student(ckpt)
     ws = open_workspace(WorldConfig(**config.get("world", {})), _builtin_teacher(args), args.store or DEFAULT_STORE)
     split = ws.world.split(args.split)
-    scores = ws.teacher_scores(args.split)
-    rows = len(scores.store)
-    scores.close()
+    rows = len(ws.teacher_scores(args.split).store)
     _say(TeacherCost("store fill", (("i2t", split.num_images, args.top), ("t2i", split.num_captions, args.top)),
                      store_rows=rows).text())
     prefill_store(ws, student, args.split, args.top, args.positives)

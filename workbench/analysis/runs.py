@@ -51,6 +51,7 @@ class Workspace:
     store_path: Path | None = None
     teacher_dir: Path | None = None
     _eval_sets: dict[str, Any] = field(default_factory=dict)
+    _scores: dict[str, TeacherScores] = field(default_factory=dict)
 
     def eval_sets(self, split: str) -> tuple[MinimalPairs, tuple[torch.Tensor, torch.Tensor]]:
         """(minimal pairs, graded pairs) of a split, built once."""
@@ -60,9 +61,20 @@ class Workspace:
         return self._eval_sets[split]
 
     def teacher_scores(self, split: str = "train") -> TeacherScores:
+        """The teacher's scores on a split through the store: one instance per split, kept open for the workspace's
+        life, so its in-memory cache (and the teacher's cached encodings) serve every run of this process."""
         if self.teacher is None:
             raise ValueError("this workspace has no teacher: pass --teacher DIR (a train-teacher output folder)")
-        return TeacherScores(self.teacher, self.world.split(split), self.store_path, world_namespace(self.world.config))
+        if split not in self._scores:
+            self._scores[split] = TeacherScores(self.teacher, self.world.split(split), self.store_path,
+                                                world_namespace(self.world.config))
+        return self._scores[split]
+
+    def close(self) -> None:
+        """Close the store connections this workspace opened."""
+        for scores in self._scores.values():
+            scores.close()
+        self._scores.clear()
 
     def new_student(self, config: StudentConfig | None = None) -> DualEncoder:
         """A fresh student sharing the frozen stem (a CPU copy: the student moves to its device when it trains)."""
@@ -132,13 +144,13 @@ def train_student_run(ws: Workspace, cfg: FitConfig, out_dir: str | Path | None,
     student = ws.new_student()
     callbacks = tuple(callbacks) + _probe_callbacks(cfg, ws, teacher_scores, student, probe_every)
     start = time.time()
+    before = teacher_scores.stats if isinstance(teacher_scores, TeacherScores) else None
     state = fit(cfg, ws.world, student, teacher_scores=teacher_scores, evaluate=val_retrieval(ws), out_dir=out_dir,
                 resume=resume, progress=progress, step_callbacks=step_callbacks, callbacks=callbacks)
     seconds = time.time() - start
     metrics = student_metrics(ws, student, rerank=rerank) | {"train_seconds": seconds}
-    if isinstance(teacher_scores, TeacherScores):
-        metrics["teacher_store"] = asdict(teacher_scores.stats)
-        teacher_scores.close()
+    if before is not None:
+        metrics["teacher_store"] = asdict(teacher_scores.stats - before)
     if out_dir is not None:
         out = Path(out_dir)
         write_json(out / "config.json", run_config(ws, cfg) | {"controlled_teacher": controlled})
@@ -229,4 +241,3 @@ def prefill_store(ws: Workspace, student: DualEncoder, split: str = "train", top
         keep = mined.valid.flatten()
         scores(pairs[0].flatten()[keep], pairs[1].flatten()[keep])
         log(f"[store] prefill {direction}: {scores.stats.postfix()}")
-    scores.close()

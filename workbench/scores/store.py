@@ -138,6 +138,9 @@ class TeacherScoreStore:
         cache: keep the in-process read cache (``False`` = every lookup queries SQLite; for benchmarks).
         dtype: dtype of returned logits/probs (stored as float64 regardless).
         timeout: seconds SQLite waits on a lock held by another process before reporting it.
+        read_through: on a cache miss, look in SQLite again before computing (sees rows other processes wrote
+            since this store loaded its cache; costs a query per miss). Off by default: a teacher is deterministic,
+            so at worst two processes compute the same pair.
 
     Raises:
         ValueError: ``path`` exists but is not a store (not SQLite, another schema, a newer schema version).
@@ -152,6 +155,7 @@ class TeacherScoreStore:
         cache: bool = True,
         dtype: torch.dtype = torch.float32,
         timeout: float = 30.0,
+        read_through: bool = False,
     ):
         for name, value in (("fingerprint", fingerprint), ("namespace", namespace)):
             if not isinstance(value, str) or not value:
@@ -170,6 +174,10 @@ class TeacherScoreStore:
             raise
         self._keys: np.ndarray | None = None  # int64 [N], sorted; None until loaded
         self._vals = np.empty((0, 2), dtype=np.float64)  # [N, 2] (logit, prob)
+        self._new_keys = np.empty(0, dtype=np.int64)  # recent additions, sorted, folded into _keys in batches
+        self._new_vals = np.empty((0, 2), dtype=np.float64)
+        self._bad = np.empty(0, dtype=np.int64)  # keys whose stored rows failed verification at load
+        self.read_through = bool(read_through)
 
     # --- public API -------------------------------------------------------------------------------------------
 
@@ -255,14 +263,16 @@ class TeacherScoreStore:
         vals = np.full((uniq.size, 2), np.nan)
         if self.use_cache:
             self._load_cache()
-            found, vals = _search(self._keys, self._vals, uniq)
+            found, vals = self._cache_search(uniq)
         corrupt = 0
-        if not found.all():
+        if not found.all() and (self.read_through or not self.use_cache):
             rows = np.flatnonzero(~found)
             got, got_vals, corrupt = self._select(uniq[rows])
             found[rows[got]], vals[rows[got]] = True, got_vals
             if self.use_cache and got.any():
-                self._keys, self._vals = _merge(self._keys, self._vals, uniq[rows[got]], got_vals)
+                self._cache_add(uniq[rows[got]], got_vals)
+        elif not found.all():  # misses are not re-read from SQLite; rows known to be corrupt still count
+            corrupt = int(np.isin(uniq[~found], self._bad, assume_unique=True).sum())
         hits = int(found[inverse].sum())
         self._bump(hits=hits, misses=inverse.size - hits, corrupt=corrupt,
                    seconds_lookup=time.perf_counter() - start)
@@ -279,6 +289,32 @@ class TeacherScoreStore:
         keys = img[ok] * 2**32 + cap[ok]
         order = np.argsort(keys, kind="stable")
         self._keys, self._vals = keys[order], vals[ok][order]
+        self._bad = np.unique(img[~ok] * 2**32 + cap[~ok])
+
+    def _cache_search(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Sorted distinct keys int64 [U] -> (found bool [U], values float64 [U, 2]) from the main and recent caches."""
+        found, vals = _search(self._keys, self._vals, keys)
+        if self._new_keys.size and not found.all():
+            rows = np.flatnonzero(~found)
+            f2, v2 = _search(self._new_keys, self._new_vals, keys[rows])
+            found[rows[f2]], vals[rows[f2]] = True, v2[f2]
+        return found, vals
+
+    def _cache_add(self, keys: np.ndarray, vals: np.ndarray) -> None:
+        """Add sorted distinct keys [m] to the small recent cache; fold it into the main one when it grows.
+
+        Inserting into the main sorted arrays copies them (O(N)); batching the inserts keeps a step's cost
+        independent of how many scores are cached.
+        """
+        self._new_keys, self._new_vals = _merge(self._new_keys, self._new_vals, keys, vals)
+        in_main = _search(self._keys, self._vals, keys)[0]
+        if in_main.any():  # an overwrite of a cached key: update it in place
+            self._keys, self._vals = _merge(self._keys, self._vals, keys[in_main], vals[in_main])
+        if self._new_keys.size > max(1 << 16, self._keys.size // 8):
+            self._keys, self._vals = _merge(self._keys, self._vals, self._new_keys, self._new_vals)
+            self._new_keys, self._new_vals = np.empty(0, dtype=np.int64), np.empty((0, 2))
+        if self._bad.size:
+            self._bad = np.setdiff1d(self._bad, keys, assume_unique=True)
 
     def _select(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
         """Query SQLite for sorted keys int64 [m]: (found bool [m], values float64 [f, 2] of the found, corrupt)."""
@@ -351,7 +387,7 @@ class TeacherScoreStore:
                         check.tolist(), strict=True))
         _retry(lambda: _transaction(self._conn, lambda c: c.executemany(_UPSERT, rows)))
         if self.use_cache and self._keys is not None:
-            self._keys, self._vals = _merge(self._keys, self._vals, keys, vals)
+            self._cache_add(keys, vals)
         self._bump(seconds_write=time.perf_counter() - start)
 
     def _ensure_scope(self) -> int:
