@@ -349,3 +349,19 @@ def test_empty_requests_and_ids_on_another_device(tmp_path: Path) -> None:
         img = torch.tensor([3, 4], device="cuda")
         logits, _ = store.get_or_compute(img, img, teacher)
         assert logits.is_cuda and torch.equal(logits.cpu(), _true_scores(img.cpu(), img.cpu())[0].float())
+
+
+def test_cache_loads_in_chunks_with_the_same_values_and_corrupt_rows(tmp_path: Path, monkeypatch) -> None:
+    import workbench.scores.store as store_module
+
+    path = tmp_path / "s.sqlite"
+    pairs = _ids(*[(i, 10 + i) for i in range(11)])
+    with TeacherScoreStore(path, "fp", "ns") as store:
+        store.get_or_compute(*pairs, _Teacher2())
+    _raw(path, "UPDATE scores SET logit = logit + 1e-9 WHERE image_id IN (2, 7)")  # corrupt rows in two chunks
+    monkeypatch.setattr(store_module, "_LOAD_CHUNK", 3)  # 11 rows -> 4 fetches, the last one partial
+    with TeacherScoreStore(path, "fp", "ns") as store:
+        found, logits, _ = store.lookup(*pairs)
+        assert found.tolist() == [i not in (2, 7) for i in range(11)] and store.stats.corrupt == 2
+        assert torch.equal(logits[found], _true_scores(*pairs)[0].float()[found])
+        assert store._keys.size == 9 and (np.diff(store._keys) > 0).all()
