@@ -234,7 +234,7 @@ def scale_check(results: Mapping[str, Mapping[str, tuple[float, float]]], *, met
     stds = np.array([[results[m].get(v, nan)[1] for m in methods] for v in views], dtype=float)
     ax = method_bars(views, means, stds, methods)
     ax.set_ylabel(metric)
-    ax.set_title("teacher view: logit / probability / tempered", fontsize=9)
+    ax.set_title("teacher scores fed as: " + " / ".join(views), fontsize=9)
     ax.figure.tight_layout()
     return ax.figure
 
