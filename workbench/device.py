@@ -24,3 +24,25 @@ def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractC
     if enabled and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def release_host_memory() -> bool:
+    """Give freed host (CPU) heap memory back to the operating system; True where that was possible.
+
+    Training on CPU frees many differently sized tensors; glibc keeps the freed space in its heap, so a process
+    that trains run after run grows (a reproduce worker reached 3.9 GB after ~17 runs of 200 steps, ~100 MB a
+    run). ``malloc_trim(0)`` between runs brings it back to its working size (~0.65 GB). A no-op returning False
+    where the C library has no ``malloc_trim`` (macOS, musl, Windows).
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        trim = ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):
+        trim = None
+    if trim is None:
+        return False
+    trim(0)
+    return True

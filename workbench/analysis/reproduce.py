@@ -25,6 +25,7 @@ from workbench.analysis.report import world_figure
 from workbench.analysis.runs import WORLD_PRESETS, open_workspace, prefill_store
 from workbench.analysis.slates_eval import EvalSlates, build_eval_slates
 from workbench.analysis.verdicts import headline_verdict, verdicts
+from workbench.device import release_host_memory
 from workbench.io import read_json, write_json
 from workbench.training.checkpoint import load_student
 
@@ -149,6 +150,8 @@ def reproduce(profile_name: str, out: Path, *, teacher_dir: str | Path | None = 
     results = run_jobs(ws, [itc_job], 1, log=log)
     if p.prefill:
         prefill_store(ws, load_student(itc_job.out_dir / "checkpoint"), "train", p.prefill, BASE["positives"], log)
+    ws.close()  # the workers open their own stores; this process only waits for them until the analyses
+    release_host_memory()
     results |= run_jobs(ws, jobs, workers or p.workers, log=log)
     runs = by_name(jobs, results)
     histories = {name: [read_json(j.out_dir / "history.json") for j in jobs_by_group.get("headline", [])
