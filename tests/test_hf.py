@@ -14,16 +14,6 @@ from workbench.data.karpathy import KarpathySplit, load_karpathy
 from workbench.models.hf import HFPairScorer, HFStudent, HFTeacher, encode_split, resolve_dtype
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and on a busy 2-core machine multi-threaded small ops stall in
-    OpenMP barriers (a 600x32 linear layer: 30 us with one thread, 16 ms with two)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def offline():
     with pytest.MonkeyPatch.context() as patch:

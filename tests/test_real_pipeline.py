@@ -35,14 +35,6 @@ from workbench.training.loop import check_world
 SMALL = StudentConfig(dim=32, embed_dim=32, heads=2, mlp=64, image_layers=1, text_layers=1)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads; on a busy 2-core machine small multi-threaded ops stall."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def paths(tmp_path_factory) -> dict[str, Path]:

@@ -38,14 +38,6 @@ from workbench.training.loop import StopTraining, fit
 W, F = True, False
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models: on a busy 2-core machine a second intra-op thread only stalls (10-40x slower runs)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def random_cached(B: int = 10, seed: int = 0) -> pg.CachedBatch:
     """A synthetic cached batch: random scores, a few extra positives off the diagonal."""
