@@ -316,10 +316,10 @@ class TeacherScoreStore:
         Inserting into the main sorted arrays copies them (O(N)); batching the inserts keeps a step's cost
         independent of how many scores are cached.
         """
-        self._new_keys, self._new_vals = _merge(self._new_keys, self._new_vals, keys, vals)
         in_main = _search(self._keys, self._vals, keys)[0]
-        if in_main.any():  # an overwrite of a cached key: update it in place
+        if in_main.any():  # overwrites of keys already in the main cache: updated in place there only
             self._keys, self._vals = _merge(self._keys, self._vals, keys[in_main], vals[in_main])
+        self._new_keys, self._new_vals = _merge(self._new_keys, self._new_vals, keys[~in_main], vals[~in_main])
         if self._new_keys.size > max(1 << 16, self._keys.size // 8):
             self._keys, self._vals = _merge(self._keys, self._vals, self._new_keys, self._new_vals)
             self._new_keys, self._new_vals = np.empty(0, dtype=np.int64), np.empty((0, 2))
