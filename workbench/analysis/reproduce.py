@@ -37,6 +37,16 @@ def mean_std(values: list[float]) -> dict[str, float]:
     return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0, "n": int(len(a))}
 
 
+def seed_rsums(runs: dict[str, list[dict]]) -> dict[str, list[float]]:
+    """Semantic test RSUM of each run name, one value per seed."""
+    return {name: [r["retrieval"]["semantic"]["rsum"] for r in rs] for name, rs in runs.items()}
+
+
+def rsum_stats(runs: dict[str, list[dict]]) -> dict[str, dict[str, float]]:
+    """:func:`mean_std` of each run name's semantic test RSUM over seeds."""
+    return {name: mean_std(xs) for name, xs in seed_rsums(runs).items()}
+
+
 def by_name(jobs: list[Job], results: dict[Path, dict]) -> dict[str, list[dict]]:
     """Group run metrics by run name (folder name without the ``_seedN`` suffix)."""
     out: dict[str, list[dict]] = {}
@@ -65,7 +75,7 @@ def finding1(slates: dict[str, EvalSlates], runs: dict[str, list[dict]]) -> tupl
             stats[d][v] = {g: describe(vals, bounds=bounds) for g, vals in by_group.items()}
             stats[d][v]["all"] = describe(sources[v][sl.valid].numpy(), bounds=bounds)
         stats[d]["per_query"] = {v: per_query_stats(x.numpy(), sl.valid.numpy()) for v, x in sources.items()}
-    rsum = {name: [r["retrieval"]["semantic"]["rsum"] for r in rs] for name, rs in runs.items()}
+    rsum = seed_rsums(runs)
     scale = {m: {"logit": rsum.get(m, [])} | {v: rsum.get(f"{m}_{v}", []) for v in ("probability", "tempered")}
              for m in ("kl", "listmle", "cprd")}
     scale = {m: {v: xs for v, xs in d.items() if xs} for m, d in scale.items()}
@@ -82,7 +92,7 @@ def finding2(slates: dict[str, EvalSlates], runs: dict[str, list[dict]]) -> tupl
     for d, sl in slates.items():
         args = (sl.teacher.numpy(), sl.student.numpy(), sl.relevance.numpy(), sl.hard.numpy(), sl.easy.numpy())
         summaries[d], taus[d] = agreement_summary(*args), agreement_taus(*args)
-    rsum = {name: mean_std([r["retrieval"]["semantic"]["rsum"] for r in rs]) for name, rs in runs.items()}
+    rsum = rsum_stats(runs)
     ablation = {"none (itc)": rsum.get("itc"), "hard (student top-K)": rsum.get("listmle"),
                 "easy (beyond rank R)": rsum.get("listmle_easy"), "all (whole batch)": rsum.get("listmle_all"),
                 "hard + easy (K of each)": rsum.get("listmle_hard_easy")}
@@ -91,7 +101,7 @@ def finding2(slates: dict[str, EvalSlates], runs: dict[str, list[dict]]) -> tupl
 
 def finding3(runs: dict[str, list[dict]], histories: dict[str, list[list[dict]]], lambdas: dict[str, float]) -> dict:
     """Methods at matched weight, the λ sweep, and gradient coordination with ITC over training."""
-    rsum = {name: mean_std([r["retrieval"]["semantic"]["rsum"] for r in rs]) for name, rs in runs.items()}
+    rsum = rsum_stats(runs)
     methods = {m: rsum[m] for m in ("itc", "kl", "ranknet", "listnet", "listmle", "cprd") if m in rsum}
     sweep = {lam: rsum[name] for name, lam in lambdas.items() if name in rsum}
     cosine = {}
@@ -111,7 +121,7 @@ def validity_analysis(slates: dict[str, EvalSlates], runs: dict[str, list[dict]]
 
     rules = {"top1": ("top", {"m": 1}), "top2": ("top", {"m": 2}), "top4": ("top", {"m": 4}), "all": ("all", {}),
              "threshold0": ("threshold", {"threshold": 0.0}), "threshold-4": ("threshold", {"threshold": -4.0})}
-    out = {}
+    rsum, out = rsum_stats(runs), {}
     for name, (rule, params) in rules.items():
         per_dir = {}
         for d, sl in slates.items():
@@ -120,10 +130,7 @@ def validity_analysis(slates: dict[str, EvalSlates], runs: dict[str, list[dict]]
             per_dir[d] = {"kept_per_query": float(valid.sum(1).float().mean()),
                           "relevance_kept": float(kept.mean()) if kept.numel() else None,
                           "relevance_dropped": float(dropped.mean()) if dropped.numel() else None}
-        run = {"top4": "cprd"}.get(name, f"cprd_{name}")
-        rs = runs.get(run)
-        rsum = mean_std([r["retrieval"]["semantic"]["rsum"] for r in rs]) if rs else None
-        out[name] = {"slates": per_dir, "rsum": rsum}
+        out[name] = {"slates": per_dir, "rsum": rsum.get({"top4": "cprd"}.get(name, f"cprd_{name}"))}
     return out
 
 
@@ -169,7 +176,7 @@ def reproduce(profile_name: str, out: Path, *, teacher_dir: str | Path | None = 
         "retrieval": retrieval_table(runs, "semantic") | _rerank(runs, "semantic"),
         "retrieval_coco": retrieval_table(runs, "coco") | _rerank(runs, "coco"),
         "finding1": f1, "finding2": f2, "finding3": f3, "validity": validity_analysis(slates, runs),
-        "teacher": ws.eval_sets("test") and _teacher_metrics(ws),
+        "teacher": _teacher_metrics(ws),
     }
     findings["verdicts"] = verdicts(findings)
     findings["headline"] = headline_verdict(findings)
