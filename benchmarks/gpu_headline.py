@@ -13,9 +13,9 @@ import argparse
 import time
 from pathlib import Path
 
-from workbench.analysis.parallel import run_jobs
-from workbench.analysis.plan import PROFILES, plan
-from workbench.analysis.runs import DEFAULT_TEACHER, WORLD_PRESETS, open_workspace
+from workbench.experiments import DEFAULT_TEACHER, WORLD_PRESETS, open_workspace
+from workbench.experiments.parallel import run_jobs
+from workbench.experiments.plan import PROFILES, plan
 
 
 def main() -> None:

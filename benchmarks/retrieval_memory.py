@@ -27,8 +27,8 @@ import time
 
 import torch
 
-from workbench.analysis.retrieval import recall_from_topk, retrieval_metrics
 from workbench.data.relations import ImageIdRelation, PairRelation
+from workbench.evaluation.retrieval import recall_from_topk, retrieval_metrics
 
 
 class NeighbourRelation(PairRelation):

@@ -10,7 +10,8 @@ import time
 
 import torch
 
-from workbench.analysis.runs import DEFAULT_TEACHER, WORLD_PRESETS, build_world
+from workbench.data.world import build_world
+from workbench.experiments import DEFAULT_TEACHER, WORLD_PRESETS
 from workbench.models.teacher import load_teacher
 
 

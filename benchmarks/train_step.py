@@ -21,14 +21,14 @@ from pathlib import Path
 
 import torch
 
-from workbench.analysis.runs import open_workspace
 from workbench.data.world import WorldConfig
+from workbench.experiments import open_workspace
 from workbench.training.config import LossTerm, profile
 from workbench.training.loop import fit
 
 
 def timed_fit(ws, cfg, teacher_scores) -> float:
-    torch.manual_seed(cfg.seed)  # the same initial student every pass (as train_student_run does)
+    torch.manual_seed(cfg.seed)  # the same initial student every pass (as train_run does)
     student = ws.new_student()
     start = time.perf_counter()
     fit(cfg, ws.world, student, teacher_scores=teacher_scores)

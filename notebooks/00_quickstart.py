@@ -50,10 +50,9 @@ import pandas as pd
 import torch
 from IPython.display import display
 
-from workbench.analysis.evaluate import evaluate_teacher, student_scorer, teacher_token_scorer
-from workbench.analysis.plots import image_grid, method_bars, save_figure
-from workbench.analysis.report import world_figure
-from workbench.analysis.runs import WORLD_PRESETS, open_workspace, train_student_run
+from workbench.evaluation.evaluate import evaluate_teacher, student_scorer, teacher_token_scorer
+from workbench.experiments import WORLD_PRESETS, open_workspace, train_run
+from workbench.findings.plots import image_grid, method_bars, save_figure, world_figure
 from workbench.training.checkpoint import load_student
 from workbench.training.config import LossTerm, profile
 
@@ -84,7 +83,7 @@ assert test.num_captions == 5 * test.num_images and bool((own == 1).all()), "eve
 # checkpoint) reads image and caption together; the student is trained here with ITC alone.
 
 # %%
-itc_run = train_student_run(ws, profile(PROFILE, steps=STEPS, seed=SEED), OUT / "00" / "itc", rerank=False)
+itc_run = train_run(ws, profile(PROFILE, steps=STEPS, seed=SEED), OUT / "00" / "itc", rerank=False)
 student = load_student(OUT / "00" / "itc" / "checkpoint")
 minimal, graded = ws.eval_sets("test")
 teacher_mp = evaluate_teacher(ws.teacher, test, minimal)["minimal_pairs"]
@@ -117,7 +116,7 @@ assert len(first) == 4 and all(np.isfinite(m).all() for m in margin.values())
 
 # %%
 cprd_term = LossTerm("cprd")  # validity="threshold", threshold=0.5, weight λ = 1
-cprd_run = train_student_run(ws, profile(PROFILE, steps=STEPS, seed=SEED, losses=(LossTerm("itc"), cprd_term)),
+cprd_run = train_run(ws, profile(PROFILE, steps=STEPS, seed=SEED, losses=(LossTerm("itc"), cprd_term)),
                              OUT / "00" / "cprd", rerank=False)
 print(f"teacher: {cprd_run['teacher_store']['computed_pairs']} pairs scored, "
       f"{cprd_run['teacher_store']['hits']} lookups answered from the cache")

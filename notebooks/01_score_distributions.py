@@ -55,24 +55,23 @@ import pandas as pd
 import torch
 from IPython.display import display
 
-from workbench.analysis import finding_plots as fp
-from workbench.analysis.agreement import kendall_tau_rows
-from workbench.analysis.distributions import grouped_values
-from workbench.analysis.explore import (
+from workbench.evaluation.slates import build_eval_slates, slate_scores
+from workbench.experiments import WORLD_PRESETS, open_workspace
+from workbench.experiments.reproduce import demo_checkpoints
+from workbench.experiments.runs import ensure_students
+from workbench.findings import figures as fp
+from workbench.findings.agreement import kendall_tau_rows
+from workbench.findings.distributions import (
     TEACHER,
-    demo_checkpoints,
     distribution_table,
-    ensure_students,
+    grouped_values,
     score_view,
     slate_labels,
-    slate_scores,
     teacher_view_table,
 )
-from workbench.analysis.plots import save_figure
-from workbench.analysis.runs import WORLD_PRESETS, open_workspace
-from workbench.analysis.slates_eval import build_eval_slates
-from workbench.analysis.verdicts import RULES
-from workbench.analysis.widgets import ScoreExplorer
+from workbench.findings.plots import save_figure
+from workbench.findings.verdicts import RULES
+from workbench.interactive import ScoreExplorer
 from workbench.io import read_json
 from workbench.training.checkpoint import load_student
 from workbench.training.config import LossTerm, profile

@@ -59,14 +59,15 @@ import numpy as np
 import pandas as pd
 from IPython.display import display
 
-from workbench.analysis import finding_plots as fp
-from workbench.analysis.agreement import agreement_summary, agreement_taus
-from workbench.analysis.explore import agreement_table, demo_checkpoints, ensure_students, query_frame, window_table
-from workbench.analysis.plots import save_figure
-from workbench.analysis.runs import WORLD_PRESETS, open_workspace
-from workbench.analysis.slates_eval import build_eval_slates
-from workbench.analysis.verdicts import RULES
-from workbench.analysis.widgets import QueryViewer
+from workbench.evaluation.slates import build_eval_slates
+from workbench.experiments import WORLD_PRESETS, open_workspace
+from workbench.experiments.reproduce import demo_checkpoints
+from workbench.experiments.runs import ensure_students
+from workbench.findings import figures as fp
+from workbench.findings.agreement import agreement_summary, agreement_table, agreement_taus, window_table
+from workbench.findings.plots import save_figure
+from workbench.findings.verdicts import RULES
+from workbench.interactive import QueryViewer, query_frame
 from workbench.io import read_json
 from workbench.training.checkpoint import load_student
 from workbench.training.config import profile

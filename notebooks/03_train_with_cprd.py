@@ -48,9 +48,10 @@ import json
 import torch
 from IPython.display import display
 
-from workbench.analysis.plots import save_figure
-from workbench.analysis.runs import WORLD_PRESETS, load_run, open_workspace, student_metrics
-from workbench.analysis.widgets import TrainPanel, curves_figure
+from workbench.experiments import WORLD_PRESETS, load_run, open_workspace
+from workbench.findings.plots import save_figure
+from workbench.interactive import TrainPanel
+from workbench.interactive.train_panel import curves_figure
 from workbench.training.checkpoint import load_student
 from workbench.training.config import LossTerm, profile
 
@@ -98,7 +99,7 @@ run = load_run(panel.run_dir)
 print(sorted(p.name for p in panel.run_dir.iterdir()))
 print(json.dumps(run["config"]["fit"]["losses"], indent=1))
 student = load_student(panel.run_dir / "checkpoint")
-again = student_metrics(ws, student, rerank=False)
+again = ws.evaluate(student, ws.protocol_card("test", rerank=False))
 assert run["history"][-1]["step"] == steps_done
 assert [t["name"] for t in run["config"]["fit"]["losses"]] == [t.name for t in panel.config().losses]
 assert again["retrieval"] == run["metrics"]["retrieval"], "the checkpoint does not reproduce the run's metrics"
@@ -126,7 +127,7 @@ assert paths[0].is_file() and len(run["history"]) >= 1
 # %% [markdown]
 # ## Summary
 #
-# - A notebook run is a CLI run: the panel calls the same `train_student_run`, writes the same folder, and its
+# - A notebook run is a CLI run: the panel calls the same `train_run`, writes the same folder, and its
 #   checkpoint reproduces the recorded metrics.
 # - Live curves and the stop button are callbacks attached from the notebook; the training loop itself has no
 #   display code (a callback raises `StopTraining`; `fit` finishes the step, logs, saves and returns).

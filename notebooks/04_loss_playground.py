@@ -29,7 +29,7 @@
 # Then we write a new loss in a cell, register it, and compare it with the others: loss values on the cached
 # batch, and a short training run each.
 #
-# Recall (DESIGN.md §2), per query with teacher-ordered valid negatives `c_1 … c_J` among its K mined ones:
+# Recall (docs/method.md), per query with teacher-ordered valid negatives `c_1 … c_J` among its K mined ones:
 #
 # $$\ell_i = \sum_{j=1}^{J} -\log \frac{e^{s_{i,c_j}/T}}{\sum_{k \ge j} e^{s_{i,c_k}/T}}$$
 
@@ -56,7 +56,10 @@ import math
 import torch
 from IPython.display import display
 
-from workbench.analysis.playground import (
+from workbench.experiments import WORLD_PRESETS, open_workspace
+from workbench.findings.plots import save_figure
+from workbench.interactive.loss_playground import LossPlayground, gradient_heatmap
+from workbench.interactive.playground import (
     Settings,
     cache_batch,
     compare_losses,
@@ -65,9 +68,6 @@ from workbench.analysis.playground import (
     objective,
     ordered_negatives,
 )
-from workbench.analysis.plots import save_figure
-from workbench.analysis.runs import WORLD_PRESETS, open_workspace
-from workbench.analysis.widgets import LossPlayground, gradient_heatmap
 from workbench.losses import ScoreBatch, at_least, get_loss, list_losses, positive, register_loss
 from workbench.losses.cprd import VALIDITY_RULES
 from workbench.losses.ranking import plackett_luce_nll

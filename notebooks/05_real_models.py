@@ -65,17 +65,12 @@ import pandas as pd
 import torch
 from IPython.display import display
 
-from workbench.analysis import finding_plots as fp
-from workbench.analysis.distributions import describe
-from workbench.analysis.explore import RealSources, real_score_groups, real_sources, thumbnails
-from workbench.analysis.plots import image_grid, save_figure
-from workbench.analysis.real_runs import (
-    REAL_FIT_DEFAULTS,
-    eval_card,
-    open_real_workspace,
-    real_student_metrics,
-    train_real_run,
-)
+from workbench.experiments import open_karpathy_workspace, train_run
+from workbench.experiments.workspace import REAL_FIT_DEFAULTS
+from workbench.findings import figures as fp
+from workbench.findings.distributions import describe
+from workbench.findings.plots import image_grid, save_figure
+from workbench.interactive.real_models import RealSources, real_score_groups, real_sources, thumbnails
 from workbench.io import read_json
 from workbench.training.config import FitConfig, LossTerm
 
@@ -104,17 +99,17 @@ assert sources.ready and sources.karpathy_json.is_file() and sources.image_root.
 # %% [markdown]
 # ## 2. The dataset and the protocol card
 #
-# `open_real_workspace` loads nothing heavy yet: splits are read on first use (every image file is checked to
+# `open_karpathy_workspace` loads nothing heavy yet: splits are read on first use (every image file is checked to
 # exist), the teacher is loaded when first needed, and its scores go to a SQLite store shared by every run and
 # evaluation of this teacher on this dataset. The protocol card says what the recalls below mean and whether they
 # are comparable with published numbers.
 
 # %%
 store = OUT / "05" / "teacher_scores.sqlite"
-ws = open_real_workspace(sources.dataset, sources.karpathy_json, sources.image_root, teacher=sources.teacher,
+ws = open_karpathy_workspace(sources.dataset, sources.karpathy_json, sources.image_root, teacher=sources.teacher,
                          student=sources.student, store=store, device=DEVICE, max_images=RUN["max_images"])
 test = ws.data.test
-card = eval_card(ws)
+card = ws.protocol_card("test")
 print(card.text())
 sizes = pd.DataFrame({name: {"images": ws.data.split(name).num_images, "captions": ws.data.split(name).num_captions}
                       for name in ("train", "val", "test")}).T
@@ -162,7 +157,6 @@ shape = pd.DataFrame({(view, group): {k: describe(v, bounds=(0, 1) if "probabili
                       for view, by_group in groups.items() for group, v in by_group.items()}).T
 display(shape.round(3))
 paths = save_figure(fp.score_histograms(groups), "real_models_score_distributions", (figure_dir,))
-scores.close()
 n_queries = test.num_images if RUN["queries"] is None else min(RUN["queries"], test.num_images)
 assert len(groups["student logit"]["positive"]) == n_queries * test.captions_per_image and paths[0].is_file()
 
@@ -175,12 +169,12 @@ assert len(groups["student logit"]["positive"]) == n_queries * test.captions_per
 # what `python -m workbench train --dataset ...` writes (config, history, metrics, checkpoint).
 
 # %%
-before = real_student_metrics(ws, student, card, announce=print)
+before = ws.evaluate(student, card, announce=print)
 cfg = FitConfig(**REAL_FIT_DEFAULTS, losses=(LossTerm("itc"), LossTerm("cprd", 1.0, CPRD_PARAMS)),
                 steps=RUN["steps"], batch=RUN["batch"], k=RUN["k"], eval_every=RUN["eval_every"], seed=SEED,
                 device=DEVICE)
 run_dir = OUT / "05" / "itc+cprd"
-after = train_real_run(ws, cfg, run_dir, card, announce=print)
+after = train_run(ws, cfg, run_dir, card=card, announce=print)
 
 
 def row(metrics: dict) -> dict[str, float]:
@@ -214,7 +208,7 @@ commands = [
     f"python -m workbench eval --checkpoint {run_dir} --fusion itm+itc",
 ]
 print("\n\n".join(commands))
-assert read_json(run_dir / "config.json")["real"]["student"] == sources.student
+assert read_json(run_dir / "config.json")["data"]["student"] == sources.student
 
 # %% [markdown]
 # ## Summary

@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from workbench.training.distributed import Dist
+from workbench.distributed import Dist
 
 
 def run_ranks(fn, world_size: int, *args):
@@ -81,7 +81,8 @@ def both_worker(d: Dist, x_global: torch.Tensor, world, configs, steps: int, stu
 def primitives_worker(d: Dist, x_global: torch.Tensor, world, student_config) -> dict:
     """Each primitive of :class:`Dist` on this rank: gather with gradient (through an ITC loss), uneven row
     gathers, shards, averaged gradients, broadcast, sharded embedding and scoring."""
-    from workbench.analysis.evaluate import embed_split, sharded_scorer
+    from workbench.evaluation.embed import embed_split
+    from workbench.evaluation.evaluate import sharded_scorer
     from workbench.losses import get_loss
     from workbench.models.student import DualEncoder
     from workbench.training.slates import itc_batch

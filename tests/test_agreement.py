@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy import stats
 
-from workbench.analysis.agreement import agreement_summary, agreement_taus, kendall_tau_rows, tau_summary
+from workbench.findings.agreement import agreement_summary, agreement_taus, kendall_tau_rows, tau_summary
 
 
 def _scipy_rows(a: np.ndarray, b: np.ndarray, valid: np.ndarray) -> np.ndarray:

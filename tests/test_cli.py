@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from workbench.analysis.runs import DEFAULT_TEACHER, WORLD_PRESETS
 from workbench.cli import main
+from workbench.experiments import DEFAULT_TEACHER, WORLD_PRESETS
 from workbench.io import WEIGHTS_FILE, read_json, save_checkpoint, write_json
 from workbench.models.stem import StemConfig
 from workbench.models.student import DualEncoder, StudentConfig
@@ -89,7 +89,7 @@ def test_train_writes_config_history_metrics_and_checkpoint(smoke):
     config = read_json(run / "config.json")
     assert [t["name"] for t in config["fit"]["losses"]] == ["itc", "cprd"]
     assert config["fit"]["losses"][1] == {"name": "cprd", "weight": 1.0, "params": {"validity": "top", "m": 2}}
-    assert config["fit"]["steps"] == 30 and config["world"] == asdict(WORLD_PRESETS["smoke"])
+    assert config["fit"]["steps"] == 30 and config["data"]["world"] == asdict(WORLD_PRESETS["smoke"])
     history = read_json(run / "history.json")
     assert [row["step"] for row in history] == [15, 30]
     for row in history:
@@ -205,7 +205,7 @@ def test_eval_rejects_corrupt_missing_and_wrong_kind_checkpoints(capsys, tmp_pat
 def test_k_larger_than_the_gallery(capsys, tmp_path, tiny_run):
     store = str(tmp_path / "s.sqlite")
     fails(capsys, ["eval", "--checkpoint", str(tiny_run), "--store", store, "--k-test", "100000"],
-          "k_test must be <= 200, got 100000")
+          "k_test must be <= 200, got 100000")  # an explicit k_test is never clamped
     fails(capsys, ["eval", "--checkpoint", str(tiny_run), "--store", store, "--k-test", "-1"],
           "k_test must be >= 1, got -1")
     fails(capsys, ["teacher-scores", "--checkpoint", str(tiny_run), "--store", store, "--split", "val", "--top",

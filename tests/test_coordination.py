@@ -10,20 +10,19 @@ import pytest
 import torch
 from torch import nn
 
-from workbench.analysis.coordination import (
+from workbench.data.nearmiss import build_near_misses
+from workbench.data.world import build_world
+from workbench.experiments import WORLD_PRESETS
+from workbench.findings.coordination import (
     CoordinationProbe,
     gradient_cosine,
     gradient_report,
-    step_terms,
     term_gradients,
 )
-from workbench.analysis.runs import WORLD_PRESETS
-from workbench.data.nearmiss import build_near_misses
-from workbench.data.world import build_world
 from workbench.models.student import DualEncoder, StudentConfig
 from workbench.training.batches import sample_pairs
 from workbench.training.config import FitConfig, LossTerm
-from workbench.training.loop import StepContext, build_losses, fit, init_state, train_step
+from workbench.training.loop import StepContext, batch_terms, build_losses, fit, init_state, train_step
 
 SMALL = StudentConfig(dim=32, embed_dim=32, heads=2, mlp=64, image_layers=1, text_layers=1)
 TERMS = (LossTerm("itc"), LossTerm("cprd", 1.0, {"validity": "top", "m": 2}), LossTerm("kl", 0.5))
@@ -117,7 +116,7 @@ def _teacher(world):
 
 
 @pytest.mark.parametrize(("pool", "near"), [("batch", False), ("queue", False), ("batch", True)])
-def test_step_terms_gradients_equal_train_step(world, pool, near) -> None:
+def test_batch_terms_gradients_equal_train_step(world, pool, near) -> None:
     """The probe's terms are the trainer's: their summed gradient is what train_step back-propagates."""
     cfg = FitConfig(losses=TERMS, batch=16, k=4, pool=pool, steps=5, warmup=1, near_misses=near, queue_size=64)
     torch.manual_seed(0)
@@ -138,7 +137,8 @@ def test_step_terms_gradients_equal_train_step(world, pool, near) -> None:
     state.queues = queues  # train_step pushed the batch; restore the pool it mined from
     gen = torch.Generator().manual_seed(11)
     img, cap = sample_pairs(world.train, cfg.batch, gen)
-    terms = step_terms(state, ctx, img, cap, gen)
+    terms = batch_terms(student, cfg, world, img, cap, gen, teacher_scores=_teacher(world), pools=state,
+                        near=ctx.near)
     assert set(terms) == {"itc", "cprd", "kl"}
     grads = term_gradients(student, terms)
     names = [n for n, p in student.named_parameters() if p.requires_grad]
@@ -171,7 +171,7 @@ def test_probe_gallery_pool_and_errors(world) -> None:
     out = CoordinationProbe(cfg, world, _teacher(world), batch=8).measure(DualEncoder(SMALL))
     assert out["cos_cprd"] is not None and out["gradnorm_kl"] > 0
     queue = CoordinationProbe(cfg.with_(pool="queue"), world, _teacher(world))
-    with pytest.raises(ValueError, match="pool='queue' mines from the trainer's queue"):
+    with pytest.raises(ValueError, match="pool='queue' mines from a run's queue"):
         queue.measure(DualEncoder(SMALL))
     with pytest.raises(ValueError, match="at least one other term"):
         CoordinationProbe(FitConfig(), world)

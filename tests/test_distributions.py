@@ -10,7 +10,7 @@ import pytest
 import torch
 from scipy import stats
 
-from workbench.analysis.distributions import (
+from workbench.findings.distributions import (
     describe,
     group_labels,
     grouped_values,

@@ -6,7 +6,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
-from workbench.analysis.finding_plots import (
+from workbench.findings.figures import (
     cosine_curves,
     lambda_sweep,
     qq_plots,
@@ -14,7 +14,7 @@ from workbench.analysis.finding_plots import (
     score_histograms,
     tau_violins,
 )
-from workbench.analysis.plots import save_figure
+from workbench.findings.plots import save_figure
 
 RNG = np.random.default_rng(0)
 VIEWS = {

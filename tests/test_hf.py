@@ -9,8 +9,8 @@ import pytest
 import torch
 from hf_fixtures import save_tiny_blip, save_tiny_clip, vocabulary, write_tiny_karpathy
 
-from workbench.analysis.retrieval import rerank_metrics, retrieval_metrics
 from workbench.data.karpathy import KarpathySplit, load_karpathy
+from workbench.evaluation.retrieval import rerank_metrics, retrieval_metrics
 from workbench.models.hf import HFPairScorer, HFStudent, HFTeacher, encode_split, resolve_dtype
 
 

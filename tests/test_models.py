@@ -246,7 +246,7 @@ def test_load_teacher_round_trip(tmp_path, batch):
 
 
 def test_committed_teacher_loads_and_separates_true_from_false_captions(tiny_world):
-    from workbench.analysis.runs import DEFAULT_TEACHER
+    from workbench.experiments import DEFAULT_TEACHER
 
     teacher = load_teacher(DEFAULT_TEACHER)
     s = tiny_world.test

@@ -19,17 +19,17 @@ import torch
 from dist_workers import both_worker, primitives_worker, run_ranks, train_steps_worker
 from hf_fixtures import save_tiny_blip, save_tiny_clip, write_tiny_karpathy
 
-from workbench.analysis.protocol import TeacherCost, protocol_card, training_cost, usable_ks
-from workbench.analysis.runs import WORLD_PRESETS
 from workbench.cli import main
 from workbench.data.karpathy import load_karpathy
 from workbench.data.world import build_world
+from workbench.distributed import SINGLE, Dist
+from workbench.evaluation.protocol import TeacherCost, protocol_card, training_cost, usable_ks
+from workbench.experiments import WORLD_PRESETS
 from workbench.models.hf import CaptionTokens, HFPairScorer, HFStudent, HFTeacher
 from workbench.models.student import StudentConfig
 from workbench.scores.store import TeacherScoreStore
 from workbench.scores.teacher_scores import TeacherScores, teacher_fingerprint
 from workbench.training.config import FitConfig, LossTerm
-from workbench.training.distributed import SINGLE, Dist
 from workbench.training.loop import check_world
 
 SMALL = StudentConfig(dim=32, embed_dim=32, heads=2, mlp=64, image_layers=1, text_layers=1)
@@ -98,10 +98,10 @@ def test_cli_mines_scores_trains_and_evaluates(paths, teacher, capsys) -> None:
     assert all(math.isfinite(r[k]) for r in history for k in ("itc_loss", "cprd_loss", "val_coco_rsum"))
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["protocol"]["k_test"] == 4 and metrics["protocol"]["dataset"] == "flickr30k"
-    assert metrics["teacher_store_train"]["hits"] > 0  # mined pairs the store already held
+    assert metrics["teacher_store"]["hits"] > 0  # mined pairs the store already held
     assert set(metrics["rerank"]["coco"]) == {"r1_i2t", "r1_t2i", "rsum"}
     config = json.loads((run / "config.json").read_text())
-    assert config["fit"]["positives"] == "coco" and config["real"]["student"] == str(paths["clip"])
+    assert config["fit"]["positives"] == "coco" and config["data"]["student"] == str(paths["clip"])
 
     # 3. re-evaluate from the run folder alone, fused as LAVIS: every re-ranking pair is already stored
     assert main(["eval", "--checkpoint", str(run), "--fusion", "itm+itc",  # the store: the run's
@@ -110,7 +110,7 @@ def test_cli_mines_scores_trains_and_evaluates(paths, teacher, capsys) -> None:
     assert re.search(r"re-ranking: i2t 4 queries x 4 \+ t2i 20 queries x 4 = 96 pairs \(\d+ distinct\); "
                      r"(\d+) already in the store -> 0 teacher pair scores", out)
     again = json.loads((run / "metrics.json").read_text())
-    assert again["protocol"]["fusion"] == "itm+itc" and again["teacher_store"]["computed_pairs"] == 0
+    assert again["protocol"]["fusion"] == "itm+itc" and again["rerank_store"]["computed_pairs"] == 0
     assert again["retrieval"] == metrics["retrieval"]  # the checkpoint reloads the trained student exactly
 
 
@@ -226,8 +226,10 @@ def test_protocol_card(paths) -> None:
     text = card.text()
     assert "coco test: 5000 images, 25000 captions (5 per image)" in text and "R@1/5/10" in text
     assert "k_test = 256 per query; fusion itm" in text and "RSUM = sum of the 6 recalls" in text
-    tiny = protocol_card("flickr30k", test, k_test=100)
-    assert (tiny.k_test, tiny.k_test_requested, tiny.ks) == (4, 100, (1,))
+    tiny = protocol_card("flickr30k", test)  # the default k_test (128) is clamped to a tiny gallery, with a note
+    assert (tiny.k_test, tiny.k_test_requested, tiny.ks) == (4, 128, (1,))
+    with pytest.raises(ValueError, match="k_test must be <= 4, got 100"):  # an explicit k_test is never clamped
+        protocol_card("flickr30k", test, k_test=100)
     assert "clamped to the gallery size" in tiny.text() and "recalls are reported at K = (1,)" in tiny.text()
     assert protocol_card("coco", Big(), rerank=False).k_test is None
     assert usable_ks((1, 5, 10), 7) == (1, 5) and usable_ks((5, 10), 3) == (3,)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from workbench.analysis.reproduce import reproduce
+from workbench.experiments.reproduce import reproduce
 
 
 @pytest.mark.slow

@@ -7,8 +7,8 @@ import pytest
 import scipy.stats
 import torch
 
-from workbench.analysis.retrieval import (
-    average_ranks,
+from workbench.data.relations import DenseRelation, ImageIdRelation, PairRelation
+from workbench.evaluation.retrieval import (
     format_table,
     graded_spearman,
     metrics_from_matrix,
@@ -19,7 +19,6 @@ from workbench.analysis.retrieval import (
     retrieval_metrics,
     score_pairs,
 )
-from workbench.data.relations import DenseRelation, ImageIdRelation, PairRelation
 from workbench.scores.similarity import topk_similarity
 
 DEVICES = [
@@ -275,10 +274,6 @@ def test_rerank_dedupe_counts_distinct_pairs_and_matches_plain():
 
 
 # ---------------------------------------------------------------------------------------------- Spearman
-
-
-def test_average_ranks_hand_case():
-    assert average_ranks(torch.tensor([3.0, 1.0, 3.0, 2.0, 3.0])).tolist() == [4.0, 1.0, 4.0, 2.0, 4.0]
 
 
 @pytest.mark.parametrize("seed", range(4))

@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from workbench.analysis.runs import WORLD_PRESETS, open_workspace
+from workbench.experiments import WORLD_PRESETS, open_workspace
 from workbench.models.controlled import ControlledConfig, ControlledTeacher
 from workbench.training.config import FitConfig, LossTerm, profile
 from workbench.training.loop import fit, needs_teacher
@@ -101,3 +101,27 @@ def test_controlled_teacher_is_the_ground_truth_plus_knobs(ws):
     assert torch.allclose(probs, torch.sigmoid(logits))
     with pytest.raises(ValueError, match="noise must be >= 0"):
         ControlledConfig(noise=-1.0)
+
+
+def test_trainer_optimises_only_loss_entries_and_logs_every_named_entry(ws):
+    """A loss may return diagnostics besides its ``*_loss`` terms: the trainer logs them all (``<term>.<entry>``,
+    mean of the two directions) but optimises only the ``*_loss`` entries."""
+    from workbench.losses import ScoreBatch, register_loss, unregister_loss
+
+    @register_loss("with_diagnostic", needs_teacher=False)
+    def with_diagnostic(batch: ScoreBatch) -> dict[str, torch.Tensor]:
+        """A tiny loss with a huge diagnostic that must not be optimised."""
+        s = torch.where(batch.mask, batch.student, 0.0)
+        return {"distill_loss": 0.01 * s.mean(), "huge_diagnostic": 1e6 + s.sum()}
+
+    try:
+        cfg = profile("smoke", steps=2, eval_every=1, losses=(LossTerm("itc"), LossTerm("with_diagnostic", 0.5)))
+        history = fit(cfg, ws.world, _student(ws)).history
+    finally:
+        unregister_loss("with_diagnostic")
+    for row in history:
+        assert {"itc.itc_loss", "with_diagnostic.distill_loss", "with_diagnostic.huge_diagnostic"} <= row.keys()
+        assert row["with_diagnostic.huge_diagnostic"] > 1e5
+        assert row["with_diagnostic_loss"] == pytest.approx(0.5 * row["with_diagnostic.distill_loss"], rel=1e-5)
+        assert row["loss"] == pytest.approx(row["itc_loss"] + row["with_diagnostic_loss"], rel=1e-5)
+        assert row["itc_loss"] == pytest.approx(row["itc.itc_loss"], rel=1e-6)

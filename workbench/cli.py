@@ -73,7 +73,7 @@ def _add_eval(p: argparse.ArgumentParser) -> None:
 def _world_cfg(args):
     from dataclasses import replace
 
-    from workbench.analysis.runs import WORLD_PRESETS
+    from workbench.experiments.workspace import WORLD_PRESETS
 
     return replace(WORLD_PRESETS[args.world], seed=args.world_seed)
 
@@ -115,8 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(ev, default=None)
     _add_teacher(ev)
     _add_eval(ev)
-    ev.add_argument("--split", default="test", choices=["train", "val", "test"], help="real data: evaluated split")
-    ev.add_argument("--no-rerank", action="store_true", help="real data: student retrieval only")
+    ev.add_argument("--split", default="test", choices=["train", "val", "test"], help="the evaluated split")
+    ev.add_argument("--no-rerank", action="store_true", help="student retrieval only (no teacher re-ranking)")
     ev.add_argument("--device", default="auto", help="auto | cpu | cuda")
 
     ts = sub.add_parser("teacher-scores", help="fill the teacher-score store for each query's top-M candidates")
@@ -124,8 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the student run whose top-M candidates get scored (real data: or --student)")
     ts.add_argument("--split", default="train", choices=["train", "val", "test"])
     ts.add_argument("--top", type=int, default=16, help="M: candidates per query and direction")
-    ts.add_argument("--positives", default="semantic", choices=["semantic", "coco"],
-                    help="built-in world: which pairs are not negatives (match the training runs' setting)")
+    ts.add_argument("--positives", default=None, choices=["semantic", "coco"],
+                    help="which pairs are not negatives (match the training runs' setting; default: semantic on the "
+                         "built-in world, coco on real data)")
     _add_data(ts, default=None)
     _add_teacher(ts)
     ts.add_argument("--device", default="auto", help="auto | cpu | cuda")
@@ -175,7 +176,7 @@ def fit_config_from_args(args):
     overrides = {f.name: getattr(args, f.name) for f in fields(FitConfig)
                  if f.name != "losses" and getattr(args, f.name, None) is not None}
     if getattr(args, "dataset", "builtin") not in (None, "builtin"):
-        from workbench.analysis.real_runs import REAL_FIT_DEFAULTS
+        from workbench.experiments.workspace import REAL_FIT_DEFAULTS
 
         overrides = REAL_FIT_DEFAULTS | overrides
     losses = tuple(LossTerm.parse(t) for t in (args.loss or ["itc"]))
@@ -184,50 +185,37 @@ def fit_config_from_args(args):
 
 def _say(*parts) -> None:
     """Print on the main process only (every rank runs the same command under ``accelerate launch``)."""
-    from workbench.training.distributed import current
+    from workbench.distributed import current
 
     if current().is_main:
         print(*parts, flush=True)
 
 
 def _is_main() -> bool:
-    from workbench.training.distributed import current
+    from workbench.distributed import current
 
     return current().is_main
 
 
-def _builtin_teacher(args) -> str:
-    from workbench.analysis.runs import DEFAULT_TEACHER
+def _workspace(args, recorded: dict | None = None, device: str = "auto"):
+    """The workspace the command line names, falling back on a run's recorded data settings (``recorded``)."""
+    from workbench.experiments.workspace import workspace_from_record
 
-    return args.teacher or str(DEFAULT_TEACHER)
-
-
-def _real_workspace(args, saved: dict | None = None, device: str = "auto"):
-    """The real-data workspace from the command line, falling back on a run's recorded settings (``saved``)."""
-    from workbench.analysis.real_runs import open_real_workspace
-
-    saved = saved or {}
-
-    def pick(name: str):
-        value = getattr(args, name, None)
-        return value if value not in (None, False) else saved.get(name)
-
-    return open_real_workspace(
-        pick("dataset"), pick("karpathy_json"), pick("image_root"), teacher=pick("teacher"),
-        student=pick("student"), student_kind=pick("student_kind") or "clip", store=pick("store") or DEFAULT_STORE,
-        device=device, max_images=pick("max_images"), restval_as_train=bool(pick("restval_as_train")),
-        teacher_cache_images=args.teacher_cache_images)
-
-
-def _check_fusion(args) -> None:
-    if getattr(args, "fusion", "itm") != "itm":
-        raise ValueError("--fusion itm+itc is available for real data (--dataset flickr30k|coco); the built-in "
-                         "world re-ranks by the teacher's ITM logit alone")
+    dataset = getattr(args, "dataset", None)
+    builtin = dataset == "builtin" or (dataset is None and (recorded or {}).get("kind", "builtin") == "builtin")
+    world = _world_cfg(args) if builtin and hasattr(args, "world") else None
+    return workspace_from_record(
+        recorded or {}, dataset=dataset, world_cfg=world, teacher=args.teacher,
+        store=args.store or (None if recorded and recorded.get("store") else DEFAULT_STORE), device=device,
+        karpathy_json=getattr(args, "karpathy_json", None), image_root=getattr(args, "image_root", None),
+        student=getattr(args, "student", None), student_kind=getattr(args, "student_kind", None),
+        max_images=getattr(args, "max_images", None), restval_as_train=getattr(args, "restval_as_train", None) or None,
+        teacher_cache_images=getattr(args, "teacher_cache_images", None))
 
 
 def cmd_world(args) -> int:
-    from workbench.analysis.report import world_figure
     from workbench.data.world import build_world
+    from workbench.findings.plots import world_figure
 
     world = build_world(_world_cfg(args))
     for name in ("train", "val", "test"):
@@ -241,7 +229,7 @@ def cmd_world(args) -> int:
 def cmd_train_teacher(args) -> int:
     from tqdm.auto import tqdm
 
-    from workbench.analysis.runs import train_teacher_run
+    from workbench.experiments.runs import train_teacher_run
     from workbench.models.teacher import TeacherConfig
     from workbench.training.teacher import TeacherTrainConfig
 
@@ -259,47 +247,19 @@ def _short(row: dict) -> str:
 
 
 def cmd_train(args) -> int:
-    from workbench.analysis.protocol import TeacherCost, protocol_card, training_cost
-    from workbench.analysis.runs import open_workspace, train_student_run
-    from workbench.training.distributed import current
-
-    cfg = fit_config_from_args(args)  # validated (names, hyperparameters) before anything heavy runs
+    from workbench.distributed import current
+    from workbench.experiments.runs import train_run
     from workbench.training.loop import build_losses
 
-    build_losses(cfg)
-    if args.dataset != "builtin":
-        return _train_real(args, cfg)
-    _check_fusion(args)
-    if args.k_test not in (None, 16):
-        raise ValueError("--k-test: the built-in `train` re-ranks the top 16; use `eval --k-test K` afterwards")
-    ws = open_workspace(_world_cfg(args), _builtin_teacher(args), args.store or DEFAULT_STORE)
+    cfg = fit_config_from_args(args)
+    build_losses(cfg)  # names and hyperparameters validated before anything heavy runs
     dist = current()
-    if cfg.distill_terms:
-        rows = len(ws.teacher_scores().store) if ws.store_path else None
-        _say(training_cost(cfg.steps, cfg.batch, dist.world_size, cfg.k, cfg.negatives, rows).text())
-    else:
-        _say(TeacherCost("training", ()).text())
-    _say(protocol_card("builtin", ws.world.test, k_test=16, rerank=not args.no_rerank).text())
-    on_step, log, close = _progress(cfg.steps, dist.is_main)
-    metrics = train_student_run(ws, cfg, args.out, rerank=not args.no_rerank, resume=args.resume,
-                                step_callbacks=(on_step,), callbacks=(log,))
-    close()
-    if dist.is_main:
-        _print_metrics(metrics)
-    return 0
-
-
-def _train_real(args, cfg) -> int:
-    from workbench.analysis.real_runs import eval_card, train_real_run
-    from workbench.training.distributed import current
-
-    dist = current()
-    ws = _real_workspace(args, device=cfg.device)
-    card = eval_card(ws, "test", k_test=args.k_test, rerank=not args.no_rerank, fusion=args.fusion)
+    ws = _workspace(args, device=cfg.device)
+    card = ws.protocol_card("test", k_test=args.k_test, rerank=not args.no_rerank, fusion=args.fusion)
     _say(card.text())
     on_step, log, close = _progress(cfg.steps, dist.is_main)
-    metrics = train_real_run(ws, cfg, args.out, card, resume=args.resume, step_callbacks=(on_step,),
-                             callbacks=(log,), announce=_say)
+    metrics = train_run(ws, cfg, args.out, card=card, resume=args.resume, step_callbacks=(on_step,),
+                        callbacks=(log,), announce=_say)
     close()
     if dist.is_main:
         _print_metrics(metrics)
@@ -348,45 +308,17 @@ def _run_folders(checkpoint: str) -> tuple[Path, Path, dict]:
     return run, ckpt, config
 
 
-def _dataset(args, config: dict) -> str:
-    return args.dataset or config.get("real", {}).get("dataset") or "builtin"
-
-
 def cmd_eval(args) -> int:
-    from workbench.analysis.protocol import TeacherCost, protocol_card
-    from workbench.analysis.runs import open_workspace, student_metrics
-    from workbench.data.world import WorldConfig
+    from workbench.experiments.workspace import recorded_data
     from workbench.io import write_json
     from workbench.training.checkpoint import load_student
 
     run, ckpt, config = _run_folders(args.checkpoint)
-    if _dataset(args, config) != "builtin":
-        return _eval_real(args, run, ckpt, config)
-    _check_fusion(args)
-    k_test = 16 if args.k_test is None else args.k_test
-    student = load_student(ckpt)
-    ws = open_workspace(WorldConfig(**config.get("world", {})), _builtin_teacher(args), args.store or DEFAULT_STORE)
-    test = ws.world.test
-    _say(protocol_card("builtin", test, k_test=k_test).text())
-    _say(TeacherCost("re-ranking", (("i2t", test.num_images, k_test), ("t2i", test.num_captions, k_test))).text())
-    metrics = student_metrics(ws, student, k_test=k_test)
-    if (run / "config.json").is_file() and _is_main():
-        write_json(run / "metrics.json", metrics)
-    if _is_main():
-        _print_metrics(metrics)
-    return 0
-
-
-def _eval_real(args, run: Path, ckpt: Path, config: dict) -> int:
-    from workbench.analysis.real_runs import eval_card, real_student_metrics
-    from workbench.io import write_json
-    from workbench.training.checkpoint import load_student
-
-    ws = _real_workspace(args, config.get("real"), device=args.device)
-    student = load_student(ckpt, device=ws.model_device)
-    card = eval_card(ws, args.split, k_test=args.k_test, rerank=not args.no_rerank, fusion=args.fusion)
+    ws = _workspace(args, recorded_data(config), device=args.device)
+    student = load_student(ckpt, device=getattr(ws, "model_device", args.device))
+    card = ws.protocol_card(args.split, k_test=args.k_test, rerank=not args.no_rerank, fusion=args.fusion)
     _say(card.text())
-    metrics = real_student_metrics(ws, student, card, announce=_say, progress=_is_main())
+    metrics = ws.evaluate(student, card, announce=_say, progress=_is_main())
     if (run / "config.json").is_file() and _is_main():
         write_json(run / f"metrics_{args.split}.json" if args.split != "test" else run / "metrics.json", metrics)
     if _is_main():
@@ -395,46 +327,28 @@ def _eval_real(args, run: Path, ckpt: Path, config: dict) -> int:
 
 
 def cmd_teacher_scores(args) -> int:
-    from workbench.analysis.protocol import TeacherCost
-    from workbench.analysis.runs import open_workspace, prefill_store
-    from workbench.data.world import WorldConfig
+    from workbench.experiments.runs import fill_store
+    from workbench.experiments.workspace import recorded_data
     from workbench.training.checkpoint import load_student
 
     config = _run_folders(args.checkpoint)[2] if args.checkpoint else {}
-    if _dataset(args, config) != "builtin":
-        return _teacher_scores_real(args, config)
-    if not args.checkpoint:
-        raise ValueError("--checkpoint is required on the built-in world (the student whose candidates get scored)")
-    _, ckpt, _ = _run_folders(args.checkpoint)
-    student = load_student(ckpt)
-    ws = open_workspace(WorldConfig(**config.get("world", {})), _builtin_teacher(args), args.store or DEFAULT_STORE)
-    split = ws.world.split(args.split)
-    rows = len(ws.teacher_scores(args.split).store)
-    _say(TeacherCost("store fill", (("i2t", split.num_images, args.top), ("t2i", split.num_captions, args.top)),
-                     store_rows=rows).text())
-    prefill_store(ws, student, args.split, args.top, args.positives)
-    return 0
-
-
-def _teacher_scores_real(args, config: dict) -> int:
-    from workbench.analysis.real_runs import fill_store
-    from workbench.training.checkpoint import load_student
-
-    ws = _real_workspace(args, config.get("real"), device=args.device)
+    ws = _workspace(args, recorded_data(config), device=args.device)
     if args.checkpoint:
-        student = load_student(_run_folders(args.checkpoint)[1], device=ws.model_device)
+        student = load_student(_run_folders(args.checkpoint)[1], device=getattr(ws, "model_device", args.device))
+    elif ws.kind == "builtin":
+        raise ValueError("--checkpoint is required on the built-in world (the student whose candidates get scored)")
     else:
         student = ws.new_student()
-    out = fill_store(ws, student, args.split, args.top, announce=_say)
-    _say(f"teacher    {out['pairs']:,} pairs scored or found in the store; the main process computed "
+    out = fill_store(ws, student, args.split, args.top, positives=args.positives or ws.primary, announce=_say)
+    _say(f"teacher    {out['pairs']:,} pairs scored or found in the store; this process computed "
          f"{out['computed_pairs']:,}")
     return 0
 
 
 def cmd_reproduce(args) -> int:
-    from workbench.analysis.plan import ALL_GROUPS
-    from workbench.analysis.reproduce import reproduce
     from workbench.checks import check_choice
+    from workbench.experiments.plan import ALL_GROUPS
+    from workbench.experiments.reproduce import reproduce
 
     groups = tuple(args.groups.split(",")) if args.groups else None
     for g in groups or ():
@@ -444,7 +358,7 @@ def cmd_reproduce(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from workbench.analysis.reproduce import reproduce
+    from workbench.experiments.reproduce import reproduce
 
     reproduce(args.profile, Path(args.out), teacher_dir=args.teacher, workers=args.workers)
     print(f"report: {Path(args.out) / 'report.md'}   figures: figures/ and {Path(args.out) / 'figures'}")
@@ -470,14 +384,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     finally:
         if distributed:
-            from workbench.training.distributed import shutdown
+            from workbench.distributed import shutdown
 
             shutdown(barrier=ok)
 
 
 def _start_processes(args) -> bool:
     """Join the process group when started by `accelerate launch` / torchrun (train, eval, teacher-scores)."""
-    from workbench.training.distributed import init_from_environment, launched_world_size
+    from workbench.distributed import init_from_environment, launched_world_size
 
     if launched_world_size() <= 1:
         return False

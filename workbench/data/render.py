@@ -1,6 +1,6 @@
 """Rendering scenes to small RGB images: each object fills (big) or sits centred in (small) one 8x8 grid cell.
 
-Objects are aligned with the cells that models cut into patches (DESIGN §4: free-floating objects made shape
+Objects are aligned with the cells that models cut into patches (a prototype with free-floating objects made shape
 perception unlearnable in minutes on a CPU). Colours get a little per-object jitter and pixels a little noise,
 so perception is learned, not read off exact values.
 """

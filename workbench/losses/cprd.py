@@ -1,4 +1,4 @@
-"""CPRD: Contrastive Partial Ranking Distillation (the paper's method, DESIGN section 2).
+"""CPRD: Contrastive Partial Ranking Distillation (the paper's method; docs/method.md, sections 4-5).
 
 The student mines its top-K hard negatives per query (elsewhere: a loss never mines); the teacher orders them;
 the student learns the teacher's order over the *valid* hard negatives with InfoNCE-shaped steps.
@@ -91,6 +91,15 @@ def all_rule(key: torch.Tensor, negative: torch.Tensor, *, threshold: float, m: 
     return negative
 
 
+def valid_negatives(key: torch.Tensor, negative: torch.Tensor, *, validity: str = "threshold",
+                    threshold: float = 0.5, m: int = 4) -> torch.Tensor:
+    """bool [B, L]: the negatives CPRD's ``validity`` rule accepts (``key``: teacher scores float [B, L], ``-inf``
+    off the negatives; ``negative`` bool [B, L]). The one definition training and the analyses share."""
+    if validity not in VALIDITY_RULES:
+        raise ValueError(f"validity must be one of {sorted(VALIDITY_RULES)}, got {validity!r}")
+    return VALIDITY_RULES[validity](key, negative, threshold=threshold, m=m) & negative
+
+
 @register_loss(
     "cprd",
     checks={"validity": one_of(VALIDITY_RULES.keys()), "m": at_least(1), "temperature": positive()},
@@ -105,6 +114,6 @@ def cprd(
     normalize: Literal["none", "steps"] = "none",
 ) -> dict[str, torch.Tensor]:
     """Contrastive partial ranking distillation: the teacher's order over the valid hard negatives."""
-    select = partial(VALIDITY_RULES[validity], threshold=threshold, m=m)
+    select = partial(valid_negatives, validity=validity, threshold=threshold, m=m)
     value = partial_listmle(batch, select, temperature=temperature, normalize=normalize, loss="cprd")
     return {"distill_loss": value}

@@ -17,10 +17,12 @@ References:
 
 Relations:
     With one positive per row and no padding it equals ``torch.nn.functional.cross_entropy(s, target)``.
-    It is the first Plackett-Luce step "the positive above everything"; ``cprd`` adds the next steps
-    (teacher-ranked hard negatives above the lower-ranked ones), which is why the two coordinate (paper,
-    Finding 3). The multi-positive numerator (sum, not mean, of exp) counts captions of the same image as
-    one event, as in ALBEF's and BLIP's ITC with image ids.
+    On one slate it is the first Plackett-Luce step "the positive above everything", and ``cprd`` the next steps
+    (teacher-ranked hard negatives above the lower-ranked ones): the paper's coordination argument (Finding 3).
+    As trained here the two do not share a slate (ITC in-batch, CPRD on the mined slates without the positive),
+    so the chain is an analogy; docs/method.md, section 5. The multi-positive numerator (log of a sum of exp)
+    counts captions of the same image as one event; ALBEF and BLIP instead average ``-log softmax`` over the
+    positives (soft targets), which differs whenever a row has several positives.
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
-"""The loss registry: every loss is a pure function of a ``ScoreBatch``, registered by name.
+"""The loss registry: every loss is a pure function of a ``ScoreBatch``, registered by name (a decorator registry
+with tests generated from it, as timm's model registry; one signature for every loss, as allRank's).
 
-A loss is ``fn(batch: ScoreBatch, *, hparam=default, ...) -> {"<term>_loss": scalar tensor, ...}``. Decorate it
+A loss is ``fn(batch: ScoreBatch, *, hparam=default, ...) -> {"<term>_loss": scalar tensor, ...}``: the entries
+whose names end in ``_loss`` are optimised (summed), any other entry is a diagnostic the trainer logs. Decorate it
 with ``@register_loss("name")`` and it is usable everywhere a loss is chosen by name (training configs, the CLI
 ``name:key=value`` syntax, comparisons, notebook widgets)::
 
@@ -367,13 +369,20 @@ class Loss:
 
 
 def _checked_terms(name: str, terms: Any) -> dict[str, torch.Tensor]:
-    """Check a loss's output: a non-empty dict of scalar tensors whose keys end in ``_loss``."""
+    """Check a loss's output: a dict of scalar tensors with at least one key ending in ``_loss``.
+
+    Keys ending in ``_loss`` are the objective (the trainer sums them); any other key is a diagnostic the trainer
+    logs but does not optimise (e.g. ``"valid_per_query"``).
+    """
     if not isinstance(terms, dict) or not terms:
         raise TypeError(f"loss {name!r} must return a non-empty dict of scalar tensors, got {type(terms).__name__}")
     for key, value in terms.items():
-        if not (isinstance(key, str) and key.endswith("_loss")):
-            raise TypeError(f"loss {name!r} returned key {key!r}; every key must end in '_loss'")
+        if not isinstance(key, str) or not key:
+            raise TypeError(f"loss {name!r} returned key {key!r}; keys must be non-empty strings")
         if not isinstance(value, torch.Tensor) or value.ndim != 0:
             shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
             raise TypeError(f"loss {name!r} returned {key!r} = {shape}; expected a scalar tensor")
+    if not any(key.endswith("_loss") for key in terms):
+        raise TypeError(f"loss {name!r} returned keys {sorted(terms)}; at least one must end in '_loss' "
+                        "(the optimised terms; other keys are logged diagnostics)")
     return terms

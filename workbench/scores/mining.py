@@ -1,11 +1,11 @@
 """Hard-negative mining by the student, easy-negative sampling, and a queue of recent embeddings.
 
-CPRD's slates are the student's own top-K hard negatives per query (DESIGN.md §2): ``H_i`` = the K candidates
-with the highest student score ``s[i, .]``, positives excluded, computed without grad. Mining runs in blocks on
-top of :func:`~workbench.scores.similarity.topk_similarity`, so a 20,000 x 100,000 pool never materialises its
-score matrix, and the selection is exactly that of a dense stable sort (ties: lower candidate index first)
-whatever the block sizes. (The one caveat is floating point: a matmul of another block shape may round a score
-differently in its last bit, which can swap two near-tied candidates; with exact scores nothing changes.)
+CPRD's slates are the student's own top-K hard negatives per query (docs/method.md, "Mining and slates"): ``H_i`` =
+the K candidates with the highest student score ``s[i, .]``, positives excluded, computed without grad. Mining runs
+in blocks on top of :func:`~workbench.scores.similarity.topk_similarity`, so a 20,000 x 100,000 pool never
+materialises its score matrix, and the selection is exactly that of a dense stable sort (ties: lower candidate
+index first) whatever the block sizes. (The one caveat is floating point: a matmul of another block shape may round a
+score differently in its last bit, which can swap two near-tied candidates; with exact scores nothing changes.)
 
 Where positives come from is an explicit argument, never a guess. :func:`relation_exclude` turns a
 :class:`~workbench.data.relations.PairRelation` into the mask for one direction:

@@ -1,4 +1,5 @@
-"""Typed configuration of a student training run, with presets.
+"""Typed configuration of a student training run, with presets (a frozen dataclass with a comment on every field and
+small built-in modes, as nanoGPT's GPTConfig and big_vision's ``runlocal`` configs).
 
 A run is ``FitConfig`` + a list of loss terms. The CLI spells a term ``name:weight=1.0,key=value,...``::
 
@@ -6,7 +7,7 @@ A run is ``FitConfig`` + a list of loss terms. The CLI spells a term ``name:weig
 
 ``itc`` is the student's own in-batch contrastive loss (the registry's ``infonce`` over in-batch slates with
 multi-positive masks); every other registered loss is a distillation term applied to mined slates
-(positives + K student-mined negatives per query, scored by the teacher).
+(each query's own positive + K student-mined negatives, scored by the teacher).
 """
 
 from __future__ import annotations

@@ -1,20 +1,22 @@
-"""The student trainer: one step, evaluation, and the fit loop (callbacks, checkpoints, resume; no display code).
+"""The student trainer: one step, evaluation, and the fit loop (callbacks, checkpoints, resume; no display code: live
+plots are callbacks attached from a notebook, as in minGPT's trainer).
 
     result = fit(FitConfig(losses=(LossTerm("itc"), LossTerm("cprd", 1.0, {"validity": "top", "m": 4}))),
                  world, student, teacher_scores=TeacherScores(teacher, world.train, "runs/scores.sqlite", "w0"),
                  out_dir="runs/cprd")
 
 Each step: sample a batch of images with one own caption each, embed both, ITC over the in-batch slates (both
-directions, multi-positive), then for every distillation term mine K negatives per query in each direction, look
-up the teacher's scores (store), and apply the registered loss to the ScoreBatch. The objective is the weighted
-sum of every term; each term is logged.
+directions, multi-positive), then mine K negatives per query in each direction once (every distillation term reads
+the same slates), look up the teacher's scores (store), and apply each registered loss to the ScoreBatch. The
+objective is the weighted sum of every term's ``*_loss`` entries; every entry a loss returns is logged
+(``<term>.<entry>`` in the history), as open_clip's named loss outputs.
 
 One trainer for both worlds: the student reads its inputs through ``student.encode_images(split, idx, device)`` /
 ``student.encode_texts(split, idx, device)`` (the built-in :class:`DualEncoder` indexes the split's tensors, the
 `transformers` :class:`~workbench.models.hf.HFStudent` loads images and tokenises captions), so ``world`` is
 anything with a ``train`` split: the built-in :class:`World` or a Karpathy dataset (``positives="coco"``).
 
-Several processes (``accelerate launch``): ``dist`` (:mod:`workbench.training.distributed`) gives each rank a
+Several processes (``accelerate launch``): ``dist`` (:mod:`workbench.distributed`) gives each rank a
 slice of the global batch, gathers embeddings with gradient for ITC and mining, averages gradients, and lets only
 the main process write checkpoints. ``cfg.batch`` is the per-rank batch; one process runs exactly as before.
 """
@@ -31,14 +33,15 @@ import torch
 from workbench.data.nearmiss import NearMisses, build_near_misses
 from workbench.data.world import World
 from workbench.device import autocast, pick_device
-from workbench.losses import get_loss, loss_spec
+from workbench.distributed import SINGLE, Dist, current
+from workbench.evaluation.embed import embed_split_rows
+from workbench.losses import ScoreBatch, get_loss, loss_spec
 from workbench.models.student import DualEncoder
 from workbench.scores.mining import EmbeddingQueue
 from workbench.training.batches import near_miss_columns, sample_pairs
 from workbench.training.checkpoint import load_trainer_state, save_trainer_state
 from workbench.training.common import make_optimizer, seed_everything
 from workbench.training.config import ITC, FitConfig
-from workbench.training.distributed import SINGLE, Dist, current
 from workbench.training.slates import Side, distill_batch, itc_batch
 
 Callback = Callable[[int, dict[str, Any]], None]
@@ -62,6 +65,14 @@ class TrainState:
     generator: torch.Generator
     step: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
+    queues: dict[str, EmbeddingQueue] = field(default_factory=dict)  # "i2t" pool = captions, "t2i" pool = images
+    gallery: dict[str, torch.Tensor] = field(default_factory=dict)  # snapshot embeddings of the split
+
+
+@dataclass
+class MiningPools:
+    """The mining pools a step reads besides its batch, outside a run (a run's :class:`TrainState` holds its own)."""
+
     queues: dict[str, EmbeddingQueue] = field(default_factory=dict)  # "i2t" pool = captions, "t2i" pool = images
     gallery: dict[str, torch.Tensor] = field(default_factory=dict)  # snapshot embeddings of the split
 
@@ -110,13 +121,28 @@ def needs_teacher(cfg: FitConfig) -> bool:
     return any(loss_spec(t.name).needs_teacher for t in cfg.distill_terms)
 
 
+def objective(entries: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The part of a loss's output that is optimised: the sum of its entries whose names end in ``_loss`` (the
+    other entries are diagnostics, logged but not optimised)."""
+    return sum(v for k, v in entries.items() if k.endswith("_loss"))
+
+
+def _both_directions(loss: Callable, i2t: ScoreBatch, t2i: ScoreBatch) -> tuple[torch.Tensor, dict[str, float]]:
+    """A loss on both directions' slates: (its objective, mean of i2t and t2i, with grad; every entry it returned,
+    mean of the two directions, as floats for the log)."""
+    out_i2t, out_t2i = loss(i2t), loss(t2i)
+    named = {k: 0.5 * (out_i2t[k].detach().float().item() + out_t2i[k].detach().float().item()) for k in out_i2t}
+    return 0.5 * (objective(out_i2t) + objective(out_t2i)), named
+
+
 def itc_terms(ctx: StepContext, view: BatchView, img_cpu: torch.Tensor, cap_cpu: torch.Tensor, scale,
-              gen) -> torch.Tensor:
+              gen) -> tuple[torch.Tensor, dict[str, float]]:
     """Symmetric in-batch ITC (mean of i2t and t2i), with near-miss columns in i2t when configured.
 
     Rows are this rank's queries, columns the global batch: ``[B, G]`` (``G = B`` in one process).
+    Returns the objective and the loss's named entries (see :func:`_both_directions`).
     """
-    split, loss, dist = ctx.world.train, ctx.losses[ITC], ctx.dist
+    split, dist = ctx.world.train, ctx.dist
     relation = split.relations()[ctx.cfg.positives]
     positive = relation.block(img_cpu, dist.gather(cap_cpu)).to(view.e_img.device)  # [B, G]
     sim = scale * view.e_img @ view.all_txt.T
@@ -125,44 +151,44 @@ def itc_terms(ctx: StepContext, view: BatchView, img_cpu: torch.Tensor, cap_cpu:
         tokens, truth = near_miss_columns(split, ctx.near, img_cpu, cap_cpu, gen)
         extra = scale * view.e_img @ ctx.student.encode_text(tokens.to(view.e_img.device)).T
         sim_i2t, pos_i2t = torch.cat([sim, extra], 1), torch.cat([positive, truth.to(view.e_img.device)], 1)
-    i2t = loss(itc_batch(sim_i2t.float(), pos_i2t))
     if dist.enabled:
         sim_t2i = scale * view.e_txt @ view.all_img.T
         pos_t2i = relation.block(dist.gather(img_cpu), cap_cpu).T.to(view.e_img.device)
     else:
         sim_t2i, pos_t2i = sim.T, positive.T
-    t2i = loss(itc_batch(sim_t2i.float(), pos_t2i))
-    return 0.5 * (sum(i2t.values()) + sum(t2i.values()))
+    return _both_directions(ctx.losses[ITC], itc_batch(sim_i2t.float(), pos_i2t), itc_batch(sim_t2i.float(), pos_t2i))
 
 
-def sides(state: TrainState, ctx: StepContext, view: BatchView) -> list[Side]:
-    """The two directions' query/pool views for the configured mining pool (the batch pool is the global batch)."""
+def sides(pools: MiningPools | TrainState, ctx: StepContext, view: BatchView) -> list[Side]:
+    """The two directions' query/pool views for the configured mining pool (the batch pool is the global batch;
+    ``pools`` holds the queue and gallery pools: a run's :class:`TrainState`, or a :class:`MiningPools`)."""
     out = []
     views = {"i2t": (view.e_img, view.img, view.e_txt, view.cap, view.all_txt, view.all_cap_ids),
              "t2i": (view.e_txt, view.cap, view.e_img, view.img, view.all_img, view.all_img_ids)}
     for direction, (q, q_ids, own, own_ids, pool, pool_ids) in views.items():
         if ctx.cfg.pool == "queue":
-            queue_emb, queue_ids = state.queues[direction].tensors(drop_ids=pool_ids.cpu())
+            queue_emb, queue_ids = pools.queues[direction].tensors(drop_ids=pool_ids.cpu())
             pool = torch.cat([pool, queue_emb.to(pool.device, pool.dtype)])
             pool_ids = torch.cat([pool_ids, queue_ids.to(pool_ids.device)])
         elif ctx.cfg.pool == "gallery":
-            pool = state.gallery[direction].to(own.device, own.dtype)
+            pool = pools.gallery[direction].to(own.device, own.dtype)
             pool_ids = torch.arange(len(pool), device=own.device)
         out.append(Side(q, q_ids, own, own_ids, pool, pool_ids, direction))
     return out
 
 
-def loss_terms(state: TrainState | None, ctx: StepContext, img: torch.Tensor, cap: torch.Tensor,
+def loss_terms(state: MiningPools | TrainState | None, ctx: StepContext, img: torch.Tensor, cap: torch.Tensor,
                gen: torch.Generator) -> dict[str, torch.Tensor]:
     """The weighted loss terms of one step on the batch ``(img [B], cap [B])`` (no update).
 
     ITC on the in-batch slates; each distillation term on the mined slates of both directions, averaged.
     ``state`` is read only by the ``queue`` and ``gallery`` mining pools.
     """
-    return _terms_and_embeddings(state, ctx, img, cap, gen)[0]
+    return _step_terms(state, ctx, img, cap, gen)[0]
 
 
-def _terms_and_embeddings(state, ctx, img, cap, gen) -> tuple[dict[str, torch.Tensor], BatchView]:
+def _step_terms(state, ctx, img, cap, gen) -> tuple[dict[str, torch.Tensor], dict[str, float], BatchView]:
+    """(weighted objective per term, every named entry of every term as ``"<term>.<entry>"``, the embeddings)."""
     student, cfg, split, dist = ctx.student, ctx.cfg, ctx.world.train, ctx.dist
     with autocast(ctx.device, cfg.amp):
         e_img = student.encode_images(split, img, ctx.device).float()
@@ -172,16 +198,51 @@ def _terms_and_embeddings(state, ctx, img, cap, gen) -> tuple[dict[str, torch.Te
                      dist.gather(cap_d))
     scale = student.logit_scale
     terms: dict[str, torch.Tensor] = {}
+    named: dict[str, float] = {}
     if ITC in ctx.losses:
         weight = next(t.weight for t in cfg.losses if t.name == ITC)
-        terms[ITC] = weight * itc_terms(ctx, view, img, cap, scale, gen)
+        value, entries = itc_terms(ctx, view, img, cap, scale, gen)
+        terms[ITC] = weight * value
+        named |= {f"{ITC}.{k}": v for k, v in entries.items()}
     if cfg.distill_terms:
         relation = split.relations()[cfg.positives]
         batches = [distill_batch(s, cfg, relation, scale, ctx.teacher, gen) for s in sides(state, ctx, view)]
         for term in cfg.distill_terms:
-            values = [sum(ctx.losses[term.name](b).values()) for b in batches]
-            terms[term.name] = term.weight * 0.5 * (values[0] + values[1])
-    return terms, view
+            value, entries = _both_directions(ctx.losses[term.name], *batches)
+            terms[term.name] = term.weight * value
+            named |= {f"{term.name}.{k}": v for k, v in entries.items()}
+    return terms, named, view
+
+
+def batch_terms(student: DualEncoder, cfg: FitConfig, data: World, img: torch.Tensor, cap: torch.Tensor,
+                gen: torch.Generator, *, teacher_scores: Callable | None = None, pools: MiningPools | None = None,
+                near: NearMisses | None = None) -> dict[str, torch.Tensor]:
+    """The weighted loss terms a training step computes on the batch ``(img [B], cap [B])``, outside a run and
+    without an update: the trainer's own code, for analyses such as gradient coordination.
+
+    Args:
+        student: the model (its train/eval mode is the caller's; the gallery pool leaves it in eval mode).
+        cfg: the run's config (terms, weights, mining); ``data``: anything with a ``train`` split.
+        gen: the generator mining and near-miss sampling draw from.
+        teacher_scores: needed when a term reads the teacher.
+        pools: the queue / gallery pools to mine from; default: none for the batch pool, and for the gallery pool
+            the training split re-embedded by ``student`` now (a queue pool needs a run's pools).
+        near: the training split's near-misses when ``cfg.near_misses`` (built here when not given).
+    """
+    if cfg.near_misses and near is None:
+        near = build_near_misses(data.train)
+    device = next(student.parameters()).device
+    ctx = StepContext(data, cfg, student, build_losses(cfg), teacher_scores if needs_teacher(cfg) else None, near,
+                      device)
+    if pools is None:
+        if cfg.pool == "queue" and cfg.distill_terms:
+            raise ValueError("pool='queue' mines from a run's queue of recent batches: pass that run's pools")
+        pools = MiningPools()
+        if cfg.pool == "gallery" and cfg.distill_terms:
+            was_training = student.training
+            refresh_gallery(pools, ctx)
+            student.train(was_training)
+    return loss_terms(pools, ctx, img, cap, gen)
 
 
 def train_step(state: TrainState, ctx: StepContext) -> dict[str, float]:
@@ -194,7 +255,7 @@ def train_step(state: TrainState, ctx: StepContext) -> dict[str, float]:
     dist = ctx.dist
     img, cap = sample_pairs(ctx.world.train, ctx.cfg.batch * dist.world_size, state.generator)
     img, cap = dist.local(img), dist.local(cap)
-    terms, view = _terms_and_embeddings(state, ctx, img, cap, state.generator)
+    terms, named, view = _step_terms(state, ctx, img, cap, state.generator)
     total = sum(terms.values())
     state.optimizer.zero_grad(set_to_none=True)
     total.backward()
@@ -203,7 +264,7 @@ def train_step(state: TrainState, ctx: StepContext) -> dict[str, float]:
     state.scheduler.step()
     _update_pools(state, ctx, view)
     scale = state.student.logit_scale.item()
-    row = {f"{k}_loss": v.item() for k, v in terms.items()} | {"loss": total.item(), "logit_scale": scale}
+    row = {f"{k}_loss": v.item() for k, v in terms.items()} | named | {"loss": total.item(), "logit_scale": scale}
     return dist.mean_values(row)
 
 
@@ -214,44 +275,16 @@ def _update_pools(state: TrainState, ctx: StepContext, view: BatchView) -> None:
 
 
 @torch.no_grad()
-def refresh_gallery(state: TrainState, ctx: StepContext, batch: int | None = None) -> None:
-    """Re-embed the whole training split (the ``gallery`` pool): i2t pool = captions, t2i pool = images.
+def refresh_gallery(pools: MiningPools | TrainState, ctx: StepContext, batch: int | None = None) -> None:
+    """Re-embed the whole training split with ``ctx.student`` into ``pools.gallery`` (the ``gallery`` pool): i2t pool
+    = captions, t2i pool = images. The student is left in eval mode.
 
     Across processes each rank embeds a slice and the slices are gathered.
     """
-    state.student.eval()
-    img, txt = embed_split_rows(state.student, ctx.world.train, ctx.device, dist=ctx.dist, batch=batch,
+    ctx.student.eval()
+    img, txt = embed_split_rows(ctx.student, ctx.world.train, ctx.device, dist=ctx.dist, batch=batch,
                                 amp=ctx.cfg.amp)
-    state.gallery = {"i2t": txt, "t2i": img}
-
-
-@torch.no_grad()
-def embed_split_rows(student, split, device: torch.device, *, dist: Dist = SINGLE, batch: int | None = None,
-                     amp: bool = False, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """(image embeddings float [N, E], caption embeddings float [M, E]) of a whole split, on ``device``.
-
-    Each rank embeds its :meth:`~workbench.training.distributed.Dist.shard` of the rows, ``batch`` at a time
-    (default: the student's ``embed_batch``), and the shards are gathered. The student's mode is left as is.
-    """
-    batch = batch or getattr(student, "embed_batch", 1024)
-    with autocast(device, amp):
-        img = _embed_rows(student, student.encode_images, split, split.num_images, device, dist, batch,
-                          progress and "student images")
-        txt = _embed_rows(student, student.encode_texts, split, split.num_captions, device, dist, batch,
-                          progress and "student captions")
-    return img, txt
-
-
-def _embed_rows(student, encode, split, n, device, dist, batch, progress: str | bool) -> torch.Tensor:
-    rows = dist.shard(n)
-    chunks = torch.arange(rows.start, rows.stop).split(batch)
-    if progress:
-        from tqdm.auto import tqdm
-
-        chunks = tqdm(chunks, desc=progress, disable=not dist.is_main)
-    parts = [encode(split, idx, device).float() for idx in chunks]
-    local = torch.cat(parts) if parts else torch.empty(0, student.embed_dim, device=device)
-    return dist.gather_rows(local)
+    pools.gallery = {"i2t": txt, "t2i": img}
 
 
 def init_state(cfg: FitConfig, student: DualEncoder, device: torch.device, dist: Dist = SINGLE) -> TrainState:

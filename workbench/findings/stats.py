@@ -1,4 +1,10 @@
-"""Array plumbing shared by the findings' analyses: inputs as float64 numpy, masks, JSON-safe numbers.
+"""Statistics shared by the findings: the one mean / std / n / CI helper, and array plumbing.
+
+- :func:`seed_stats`: a metric over seeds (or any repeated measurement): mean, sample std, n, the values
+  themselves and a 95 % confidence interval of the mean (Student t). Every table of the workbench is built from it,
+  so one seed always reads the same way (std and CI ``None``: undefined, not zero).
+- :func:`summary`: the same for a distribution of per-query statistics, plus its median and how many were undefined.
+- Inputs as float64 numpy (:func:`as_array`, :func:`as_mask`), JSON-safe numbers (:func:`number`).
 
 The analyses accept torch tensors, numpy arrays or nested lists, compute in float64 numpy, and return plain Python
 floats/ints/lists (``None`` where a statistic is undefined, so that ``findings.json`` stays strict JSON).
@@ -11,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy import stats
 
 ArrayLike = np.ndarray | torch.Tensor | Sequence[Any]
 
@@ -60,18 +67,35 @@ def number(x: Any) -> float | None:
     return x if np.isfinite(x) else None
 
 
-def summary(x: ArrayLike) -> dict[str, Any]:
-    """mean, std (ddof=1), median and n of the finite entries of ``x`` (NaN = undefined, left out); ``None`` if empty.
+def seed_stats(values: ArrayLike) -> dict[str, Any]:
+    """Mean, sample std (ddof = 1), n, the values, and the 95 % confidence interval of the mean (Student t, n - 1
+    degrees of freedom).
 
-    Also ``n_undefined``, the number of NaN entries (e.g. queries where a per-query statistic does not exist).
+    Args:
+        values: one number per seed (NaN/inf are not allowed: a failed run must be reported, not averaged away).
+
+    Returns:
+        ``{"mean", "std", "n", "values", "ci95": [low, high]}``; ``std`` and the interval are ``None`` for fewer
+        than two values, ``mean`` too for none.
     """
+    arr = as_array("values", values).ravel()
+    require_finite("values", arr)
+    n = int(arr.size)
+    mean = number(arr.mean()) if n else None
+    std = number(arr.std(ddof=1)) if n > 1 else None
+    ci = None
+    if n > 1:
+        half = float(stats.t.ppf(0.975, n - 1)) * std / np.sqrt(n)
+        ci = [mean - half, mean + half]
+    return {"mean": mean, "std": std, "n": n, "values": [float(v) for v in arr], "ci95": ci}
+
+
+def summary(x: ArrayLike) -> dict[str, Any]:
+    """:func:`seed_stats`' mean, std and n of the finite entries of ``x`` (NaN = undefined, left out), plus the
+    median and ``n_undefined`` (the number of NaN entries, e.g. queries where a per-query statistic does not exist);
+    no per-entry values (there is one per query)."""
     arr = as_array("x", x).ravel()
     ok = arr[np.isfinite(arr)]
-    n = int(ok.size)
-    return {
-        "mean": number(ok.mean()) if n else None,
-        "std": number(ok.std(ddof=1)) if n > 1 else None,
-        "median": number(np.median(ok)) if n else None,
-        "n": n,
-        "n_undefined": int(arr.size - n),
-    }
+    base = seed_stats(ok)
+    return {"mean": base["mean"], "std": base["std"], "median": number(np.median(ok)) if ok.size else None,
+            "n": base["n"], "n_undefined": int(arr.size - ok.size)}

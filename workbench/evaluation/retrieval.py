@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
+from scipy.stats import spearmanr
 
 from workbench.checks import check_choice, check_float, check_int, check_tensor
 from workbench.data.relations import PairRelation
@@ -361,7 +362,8 @@ def graded_spearman(scores: torch.Tensor, relevance: torch.Tensor) -> float:
         scores: float [P] model scores; relevance: [P] graded relevance (any real or integer dtype). P >= 2.
 
     Returns:
-        rho in [-1, 1]; ``nan`` if either input is constant (rho is undefined), as ``scipy.stats.spearmanr``.
+        rho in [-1, 1] (``scipy.stats.spearmanr``: Pearson correlation of average ranks); ``nan`` if either input
+        is constant (rho is undefined).
     """
     check_tensor("scores", scores, ndim=1, dtype="float", finite=True)
     check_tensor("relevance", relevance, shape=(scores.shape[0],), finite=True)
@@ -369,24 +371,10 @@ def graded_spearman(scores: torch.Tensor, relevance: torch.Tensor) -> float:
         raise ValueError(f"relevance must have a real or integer dtype, got {relevance.dtype}")
     if scores.shape[0] < 2:
         raise ValueError(f"scores and relevance need at least 2 pairs, got {scores.shape[0]}")
-    a, b = average_ranks(scores.double()), average_ranks(relevance.double())
-    a, b = a - a.mean(), b - b.mean()
-    denom = (a.square().sum() * b.square().sum()).sqrt().item()
-    if denom == 0.0:
-        return float("nan")
-    return max(-1.0, min(1.0, (a * b).sum().item() / denom))
-
-
-def average_ranks(values: torch.Tensor) -> torch.Tensor:
-    """1-based ranks of a 1-D tensor, ties sharing the average of their ranks (as ``scipy.stats.rankdata``)."""
-    check_tensor("values", values, ndim=1)
-    sorted_vals, order = torch.sort(values, stable=True)
-    _, counts = torch.unique_consecutive(sorted_vals, return_counts=True)
-    ends = counts.cumsum(0).double()  # 1-based last rank of each tie group
-    group_rank = ends - (counts.double() - 1) / 2  # average rank of the group
-    ranks = torch.empty_like(values, dtype=torch.float64)
-    ranks[order] = group_rank.repeat_interleave(counts)
-    return ranks
+    a, b = scores.double().cpu().numpy(), relevance.double().cpu().numpy()
+    if a.min() == a.max() or b.min() == b.max():
+        return float("nan")  # rho is undefined for a constant input (scipy would warn and return nan)
+    return float(spearmanr(a, b).statistic)
 
 
 # ---------------------------------------------------------------------------------------------- table

@@ -7,11 +7,12 @@ Shared by the Finding 1 (score distributions) and Finding 2 (agreement) analyses
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from workbench.analysis.evaluate import embed_split
 from workbench.data.world import Split
+from workbench.evaluation.embed import embed_split
 from workbench.models.student import DualEncoder
 from workbench.models.teacher import CrossEncoder, PairScorer
 from workbench.scores.mining import mine_hard_negatives, relation_exclude, sample_easy_negatives
@@ -81,3 +82,22 @@ def _positives(relation, direction: str, q_idx: torch.Tensor, n_cand: int, p: in
     keys = torch.rand(truth.shape, generator=gen).masked_fill(~truth, -1.0)
     top = keys.topk(min(p, n_cand), dim=1)
     return top.indices, top.values >= 0
+
+
+@torch.no_grad()
+def slate_scores(student: Any, split: Any, slates: EvalSlates) -> torch.Tensor:
+    """float [Q, L]: a student's logits (``logit_scale * cosine``) on the slates' own (query, entry) pairs, so that
+    several students are compared on the same pairs (padding entries hold the score of candidate 0).
+
+    Args:
+        student: a dual encoder (built-in or Hugging Face) that :func:`~workbench.evaluation.evaluate.embed_split`
+            can embed ``split`` with.
+        split: the split the slates were built on.
+        slates: :class:`~workbench.evaluation.slates.EvalSlates` with ``queries`` and ``candidates``.
+    """
+    if slates.queries is None or slates.candidates is None:
+        raise ValueError("slates must carry queries and candidates (build them with build_eval_slates)")
+    img, txt = (e.float().cpu() for e in embed_split(student, split))
+    q_emb, c_emb = (img, txt) if slates.direction == "i2t" else (txt, img)
+    scale = student.logit_scale.detach().float().cpu()
+    return (scale * (q_emb[slates.queries][:, None, :] * c_emb[slates.candidates]).sum(-1)).float()

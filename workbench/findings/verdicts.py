@@ -69,7 +69,7 @@ def headline_verdict(f: dict) -> dict[str, Any]:
         return {"available": False}
     itc, cprd, teacher = r["itc"]["rsum"], r["cprd"]["rsum"], r["teacher_rerank"]["rsum"]
     gain = cprd["mean"] - itc["mean"]
-    spread = max(itc["std"], cprd["std"])
+    spread = max(itc["std"] or 0.0, cprd["std"] or 0.0)
     gap = teacher["mean"] - itc["mean"]
     closed = gain / gap if gap > 0 else None
     return {"available": True, "gain_rsum": gain, "std": spread, "beats_itc_by_2std": bool(gain > 2 * spread),

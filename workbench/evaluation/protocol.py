@@ -105,12 +105,14 @@ def protocol_card(dataset: str, split: Any, *, k_test: int | None = None, rerank
                   ks: tuple[int, ...] = (1, 5, 10)) -> ProtocolCard:
     """The card of evaluating on ``split`` (built-in or Karpathy); ``k_test=None`` takes :func:`default_k_test`.
 
-    ``ks`` and ``k_test`` are clamped to the gallery size (``min(images, captions)``) for tiny debugging splits;
-    the card says so.
+    ``ks`` and the default ``k_test`` are clamped to the gallery size (``min(images, captions)``) for tiny debugging
+    splits, and the card says so; an explicit ``k_test`` larger than the gallery is an error.
     """
     check_choice("fusion", fusion, list(FUSIONS))
     gallery = min(split.num_images, split.num_captions)
-    requested = default_k_test(dataset) if k_test is None else check_int("k_test", k_test, min_value=1)
+    if k_test is not None and rerank:
+        check_int("k_test", k_test, min_value=1, max_value=gallery)  # asked for explicitly: never silently clamped
+    requested = default_k_test(dataset) if k_test is None else k_test
     ks = usable_ks(tuple(ks), gallery)
     used = max(min(requested, gallery), max(ks)) if rerank else None
     notes = ()

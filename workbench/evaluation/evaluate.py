@@ -16,26 +16,13 @@ from collections.abc import Callable
 
 import torch
 
-from workbench.analysis.minimal_pairs import minimal_pair_accuracy
-from workbench.analysis.retrieval import graded_spearman, rerank_metrics, retrieval_metrics
 from workbench.data.world import MinimalPairs, Split
+from workbench.distributed import Dist, current
+from workbench.evaluation.embed import embed_split
+from workbench.evaluation.minimal_pairs import minimal_pair_accuracy
+from workbench.evaluation.retrieval import graded_spearman, rerank_metrics, retrieval_metrics
 from workbench.models.student import DualEncoder
 from workbench.models.teacher import CrossEncoder
-from workbench.training.distributed import Dist, current
-from workbench.training.loop import embed_split_rows
-
-
-@torch.no_grad()
-def embed_split(student: DualEncoder, split: Split, batch: int | None = None, *, dist: Dist | None = None,
-                progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """(image embeddings float [N, E], caption embeddings float [M, E]) of a whole split, on the student's device.
-
-    ``batch`` rows per call (default: the student's ``embed_batch``); sharded over the ranks when distributed.
-    """
-    student.eval()
-    device = next(student.parameters()).device
-    return embed_split_rows(student, split, device, dist=current() if dist is None else dist, batch=batch,
-                            progress=progress)
 
 
 def sharded_scorer(pair_scorer: Callable, dist: Dist) -> Callable:

@@ -25,11 +25,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import pandas as pd
+import torch
 from scipy import stats
 
-from workbench.analysis._arrays import ArrayLike, as_array, as_mask, number, require_finite, summary
-from workbench.analysis.agreement import kendall_tau_rows
-from workbench.checks import check_float, check_int
+from workbench.checks import check_choice, check_float, check_int
+from workbench.evaluation.slates import EvalSlates
+from workbench.findings.agreement import kendall_tau_rows
+from workbench.findings.stats import ArrayLike, as_array, as_mask, number, require_finite, summary
 
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 GROUPS = ("positive", "hard", "easy")
@@ -320,3 +323,81 @@ def scale_spread(results: Mapping[str, Mapping[str, Sequence[float]]]) -> dict[s
         ratio = spread / pooled if pooled else None
         out[method] = {"means": means, "spread": spread, "pooled_std": pooled, "spread_over_std": number(ratio)}
     return out
+
+
+TEACHER = "teacher"
+"""The model name of the cross-encoder in :func:`score_view` (every other name is a student)."""
+
+
+VIEWS = ("logit", "probability", "tempered")
+
+
+DESCRIBE_COLUMNS = ("n", "mean", "std", "skewness", "excess_kurtosis", "mass_extremes", "shapiro_w")
+
+
+def score_view(slates: EvalSlates, students: Mapping[str, torch.Tensor], model: str, view: str = "logit",
+               temperature: float = 4.0) -> tuple[np.ndarray, tuple[float, float] | None, str]:
+    """One model's scores on the slates.
+
+    Args:
+        slates: the evaluation slates (their ``teacher`` holds ITM logits).
+        students: ``{name: float [Q, L]}`` student logits on the same entries (see :func:`slate_scores`).
+        model: :data:`TEACHER` or a student name.
+        view: the teacher's view: ``"logit"``, ``"probability"`` (sigmoid) or ``"tempered"`` (logit / temperature);
+            ignored for students (always their logits).
+        temperature: the tempered view's divisor (> 0).
+
+    Returns:
+        (float64 [Q, L] scores, the scale's natural bounds (``(0, 1)`` for probabilities, else ``None``), a label).
+    """
+    check_choice("model", model, [TEACHER, *students])
+    if model != TEACHER:
+        return as_array(f"students[{model!r}]", students[model]).astype(np.float64), None, f"student {model} logit"
+    check_choice("view", view, VIEWS)
+    x = teacher_views(slates.teacher.numpy(), temperature=temperature)[view]
+    label = f"teacher {view}" + (f" (T = {temperature:g})" if view == "tempered" else "")
+    return x, ((0.0, 1.0) if view == "probability" else None), label
+
+
+def slate_labels(slates: EvalSlates) -> np.ndarray:
+    """int8 [Q, L] group codes of the entries (0 positive, 1 hard, 2 easy, -1 padding), as ``group_labels``."""
+    return group_labels(slates.positive.numpy(), slates.hard.numpy(), slates.easy.numpy())
+
+
+def distribution_table(slates: EvalSlates, students: Mapping[str, torch.Tensor], *, temperature: float = 4.0,
+                       columns: Sequence[str] = DESCRIBE_COLUMNS) -> pd.DataFrame:
+    """:func:`~workbench.findings.distributions.describe` of every (source, group): the teacher's three views, then
+    each student's logits, over positives, hard and easy negatives.
+
+    Returns:
+        A frame indexed by (source label, group) with ``columns`` (``mass_extremes``: share within 5% of either end
+        of the range; ``shapiro_w``: near 1 = near normal). Empty groups are left out.
+    """
+    labels = slate_labels(slates)
+    sources = [(TEACHER, v) for v in VIEWS] + [(name, "logit") for name in students]
+    rows = {}
+    for model, view in sources:
+        x, bounds, label = score_view(slates, students, model, view, temperature)
+        for group, values in grouped_values(x, labels).items():
+            if values.size:
+                d = describe(values, bounds=bounds)
+                rows[(label, group)] = {c: d.get(c) for c in columns}
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis(["source", "group"])
+
+
+def teacher_view_table(slates: EvalSlates, *, temperature: float = 4.0) -> pd.DataFrame:
+    """What each teacher view changes for a loss that reads it, over the slates' negatives.
+
+    Rows: ``logit``, ``probability``, ``tempered``. Columns: ``skewness`` and ``mass_extremes`` of the view's values,
+    the mean normalised ``softmax_entropy`` and ``top1_mass`` of each query's softmax over its slate (what a KL loss
+    matches), and ``order_tau``: the mean Kendall tau of the view's order of the negatives against the logits' (what
+    a ranking loss learns; 1 = the same order).
+    """
+    negatives = (slates.hard | slates.easy).numpy()
+    sens = scale_sensitivity(slates.teacher.numpy(), slates.valid.numpy(), temperature=temperature,
+                             negatives=negatives)
+    rows = {view: {"skewness": s["describe"]["skewness"], "mass_extremes": s["describe"]["mass_extremes"],
+                   "softmax_entropy": s["per_query"]["entropy"]["mean"],
+                   "top1_mass": s["per_query"]["top_mass"]["mean"], "order_tau": s["order_tau"]["mean"]}
+            for view, s in sens.items()}
+    return pd.DataFrame.from_dict(rows, orient="index")

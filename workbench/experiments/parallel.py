@@ -10,7 +10,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +20,24 @@ from workbench.training.config import FitConfig
 
 @dataclass(frozen=True)
 class Job:
-    """One student training run."""
+    """One student training run.
+
+    Attributes:
+        out_dir: the run folder.
+        cfg: the run's config.
+        rerank: evaluate the teacher re-ranking this student too.
+        controlled: distil from a ControlledTeacher with these settings instead of the trained teacher.
+        probe_every: gradient-coordination probe period (0 = off).
+        variant: the plan variant it belongs to (``""`` outside a plan); seed: its seed index.
+    """
 
     out_dir: Path
     cfg: FitConfig
     rerank: bool = False
-    controlled: dict | None = None  # distil from a ControlledTeacher with these settings
-    probe_every: int = 0  # gradient-coordination probe period (0 = off)
+    controlled: dict | None = None
+    probe_every: int = 0
+    variant: str = ""
+    seed: int = 0
 
 
 def finished(job: Job) -> dict[str, Any] | None:
@@ -46,15 +57,14 @@ def finished(job: Job) -> dict[str, Any] | None:
 _WORKSPACE = None
 
 
-def _init_worker(world_cfg: dict, teacher_dir: str | None, store_path: str | None, threads: int) -> None:
+def _init_worker(data: dict, threads: int) -> None:
     import torch
 
-    from workbench.analysis.runs import open_workspace
-    from workbench.data.world import WorldConfig
+    from workbench.experiments.workspace import workspace_from_record
 
     torch.set_num_threads(threads)
     global _WORKSPACE
-    _WORKSPACE = open_workspace(WorldConfig(**world_cfg), teacher_dir, store_path)
+    _WORKSPACE = workspace_from_record(data)
 
 
 def _run(job: Job) -> dict[str, Any]:
@@ -71,10 +81,10 @@ def _run_here(ws, job: Job) -> dict[str, Any]:
 
 
 def _train(ws, job: Job) -> dict[str, Any]:
-    from workbench.analysis.runs import train_student_run
+    from workbench.experiments.runs import train_run  # here: the runs module imports this one
 
-    return train_student_run(ws, job.cfg, job.out_dir, rerank=job.rerank, controlled=job.controlled,
-                             probe_every=job.probe_every)
+    return train_run(ws, job.cfg, job.out_dir, rerank=job.rerank, controlled=job.controlled,
+                     probe_every=job.probe_every)
 
 
 def run_jobs(ws, jobs: list[Job], workers: int | None = None, log=print) -> dict[Path, dict[str, Any]]:
@@ -90,8 +100,7 @@ def run_jobs(ws, jobs: list[Job], workers: int | None = None, log=print) -> dict
             log(f"[runs] done {job.out_dir.name}")
         return results
     threads = max(1, (os.cpu_count() or 1) // workers)
-    init = (asdict(ws.world.config), str(ws.teacher_dir) if ws.teacher_dir else None,
-            str(ws.store_path) if ws.store_path else None, threads)
+    init = (ws.describe(), threads)
     with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
                              initargs=init) as pool:
         futures = {pool.submit(_run, job): job for job in todo}

@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from workbench.data.world import Split  # noqa: E402
 from workbench.io import atomic_write_bytes  # noqa: E402
 
 FIGURES = Path(__file__).resolve().parents[2] / "figures"
@@ -68,14 +69,8 @@ def method_bars(
     return ax
 
 
-def curves(history: Sequence[dict], keys: Sequence[str], ax: plt.Axes | None = None) -> plt.Axes:
-    """Line plot of ``keys`` over ``step`` from a training history (missing values skipped)."""
-    ax = ax or plt.subplots(figsize=(5, 3.2))[1]
-    for key in keys:
-        pts = [(row["step"], row[key]) for row in history if key in row]
-        if pts:
-            ax.plot(*zip(*pts, strict=True), marker=".", label=key)
-    ax.set_xlabel("step")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    return ax
+def world_figure(split: Split, n: int = 8, folders: Sequence[str | Path] = (FIGURES,)) -> list[Path]:
+    """Save ``world_examples.{png,svg}``: the first ``n`` images of a split with their 5 captions."""
+    captions = [[split.texts[c] for c in (split.caption_image == i).nonzero().flatten().tolist()] for i in range(n)]
+    fig = image_grid(split.images[:n], captions)
+    return save_figure(fig, "world_examples", folders)

@@ -1,9 +1,10 @@
 """Figures for the paper's three findings. Each function takes arrays and returns a matplotlib ``Figure``;
-save it with :func:`~workbench.analysis.plots.save_figure` (PNG + SVG).
+save it with :func:`~workbench.findings.plots.save_figure` (PNG + SVG).
 
 - Finding 1: :func:`score_histograms` (densities per group, one panel per score view) and :func:`qq_plots`
   (standardised quantiles against the normal), :func:`scale_check` (a metric per method and teacher view);
 - Finding 2: :func:`tau_violins` (per-query Kendall tau, hard vs easy window, per compared pair);
+- the headline: :func:`headline_figure` (RSUM per method, ITC and the teacher re-ranker marked);
 - Finding 3: :func:`cosine_curves` (gradient cosine over training steps, mean ± std over seeds) and
   :func:`lambda_sweep` (a metric against the distillation weight, with reference lines).
 """
@@ -14,10 +15,11 @@ import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+import seaborn as sns
 from scipy import stats
 
-from workbench.analysis._arrays import ArrayLike, as_array
-from workbench.analysis.plots import method_bars, plt
+from workbench.findings.plots import method_bars, plt
+from workbench.findings.stats import ArrayLike, as_array
 
 GROUP_COLOURS = {"positive": "tab:green", "hard": "tab:red", "easy": "tab:blue", "all": "tab:gray"}
 KDE_MAX = 5000
@@ -48,7 +50,7 @@ def score_histograms(views: Mapping[str, Mapping[str, ArrayLike]], *, bins: int 
         views: ``{view: {group: float [n]}}``, e.g. ``{"teacher logit": {"positive": ..., "hard": ..., "easy": ...},
             "teacher probability": {...}, "student logit": {...}}``. Empty groups are skipped.
         bins: histogram bins per panel (shared by the panel's groups).
-        kde: overlay a Gaussian KDE per group (on at most ``KDE_MAX`` values).
+        kde: overlay a Gaussian KDE per group (seaborn's, on at most ``KDE_MAX`` values).
 
     Returns:
         The figure; each legend entry gives the group's n and skewness.
@@ -65,11 +67,11 @@ def score_histograms(views: Mapping[str, Mapping[str, ArrayLike]], *, bins: int 
             colour = _colour(group, i)
             skew = stats.skew(v) if v.size > 2 and v.std() > 0 else float("nan")
             label = f"{group} (n={v.size}, skew {skew:.2f})"
-            ax.hist(v, bins=edges, density=True, alpha=0.35, color=colour, label=label)
+            sns.histplot(v, bins=edges, stat="density", alpha=0.35, color=colour, label=label, ax=ax,
+                         edgecolor=None)
             if kde and v.size > 2 and v.std() > 0:
                 sub = v if v.size <= KDE_MAX else np.random.default_rng(0).choice(v, KDE_MAX, replace=False)
-                grid = np.linspace(edges[0], edges[-1], 200)
-                ax.plot(grid, stats.gaussian_kde(sub)(grid), color=colour, lw=1.2)
+                sns.kdeplot(sub, color=colour, lw=1.2, ax=ax, clip=(edges[0], edges[-1]))
         ax.set_title(view, fontsize=9)
         ax.set_xlabel("score")
         ax.set_ylabel("density")
@@ -238,3 +240,21 @@ def scale_check(results: Mapping[str, Mapping[str, tuple[float, float]]], *, met
     ax.figure.tight_layout()
     return ax.figure
 
+
+def headline_figure(retrieval: Mapping[str, Mapping[str, Mapping[str, float]]]):
+    """Bar chart of semantic RSUM (mean ± std) per method, the ITC-only and teacher re-ranking levels marked."""
+    names = [n for n in retrieval if "rsum" in retrieval[n]]
+    means = [retrieval[n]["rsum"]["mean"] for n in names]
+    stds = [retrieval[n]["rsum"]["std"] for n in names]
+    fig, ax = plt.subplots(figsize=(max(5, 0.55 * len(names) + 2), 3.6))
+    ax.bar(range(len(names)), means, yerr=[s if s is not None else 0.0 for s in stds], capsize=2, color="#5b8fd9")
+    for key, style in (("itc", "--"), ("teacher_rerank", ":")):
+        if key in retrieval:
+            ax.axhline(retrieval[key]["rsum"]["mean"], ls=style, color="k", lw=1, label=key)
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
+    lo = min(m - (s or 0.0) for m, s in zip(means, stds, strict=True))
+    ax.set_ylim(max(0, lo - 20), max(means) + 20)
+    ax.set_ylabel("RSUM (semantic, test)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

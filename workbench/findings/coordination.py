@@ -7,29 +7,27 @@ respect to the student's trainable parameters, on the same step's graph. Positiv
 near 0 = unrelated; negative = they fight (the prototype saw a CPRD term drag the logit scale down).
 
 - :func:`gradient_cosine` / :func:`gradient_report`: for a dict of loss terms built on one graph;
-- :class:`CoordinationProbe`: the same on a fixed probe batch (fixed seed) of the training split, built from the
-  trainer's own pieces (``itc_terms``, ``sides``, ``distill_batch``), so it can be tracked over training from a
-  ``fit`` callback without any analysis code inside the loop.
+- :class:`CoordinationProbe`: the same on a fixed probe batch (fixed seed) of the training split, built by the
+  trainer's own :func:`~workbench.training.loop.batch_terms`, so it can be tracked over training from a ``fit``
+  callback without any analysis code inside the loop.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from workbench.analysis._arrays import number
 from workbench.checks import check_int
 from workbench.data.nearmiss import build_near_misses
 from workbench.data.world import World
-from workbench.device import pick_device
+from workbench.findings.stats import number
 from workbench.models.student import DualEncoder
 from workbench.training.batches import sample_pairs
 from workbench.training.config import ITC, FitConfig
-from workbench.training.loop import StepContext, TrainState, build_losses, loss_terms, refresh_gallery
+from workbench.training.loop import MiningPools, batch_terms, needs_teacher
 
 Params = nn.Module | Iterable[tuple[str, torch.Tensor]]
 
@@ -123,28 +121,13 @@ def gradient_report(params: Params, terms: Mapping[str, torch.Tensor], *, refere
     return out
 
 
-def step_terms(state: TrainState | None, ctx: StepContext, img: torch.Tensor, cap: torch.Tensor,
-               gen: torch.Generator) -> dict[str, torch.Tensor]:
-    """The weighted loss terms of one training step (the trainer's own :func:`loss_terms`)."""
-    return loss_terms(state, ctx, img, cap, gen)
-
-
-@dataclass
-class _PoolState:
-    """The part of a ``TrainState`` the mining pools read (a probe-local gallery snapshot)."""
-
-    student: DualEncoder
-    gallery: dict[str, torch.Tensor] = field(default_factory=dict)
-    queues: dict[str, Any] = field(default_factory=dict)
-
-
 class CoordinationProbe:
     """Gradient coordination on a fixed probe batch, measured on demand during training.
 
     Each call draws the same batch (``batch`` images with one own caption each, from ``seed``), builds the run's
-    loss terms on it exactly as a training step would, and returns :func:`gradient_report` (``cos_<term>``,
-    ``gradnorm_<term>``, ``grad_log_scale_<term>``). Nothing of the training state changes: no ``.grad``, no
-    optimiser, no RNG but the probe's own; the student's train/eval mode is restored.
+    loss terms on it with the trainer's own code (:func:`~workbench.training.loop.batch_terms`) and returns
+    :func:`gradient_report` (``cos_<term>``, ``gradnorm_<term>``, ``grad_log_scale_<term>``). Nothing of the training
+    state changes: no ``.grad``, no optimiser, no RNG but the probe's own; the student's train/eval mode is restored.
 
     Usage, from outside the loop (the ``fit`` callback receives the history row it just appended; the probe adds
     its values to that row, so they land in ``history.json``)::
@@ -152,11 +135,9 @@ class CoordinationProbe:
         probe = CoordinationProbe(cfg, world, teacher_scores=scores, batch=128, seed=1234)
         fit(cfg, world, student, teacher_scores=scores, callbacks=(probe.callback(student),))
 
-    or, with the trainer's own state and context, ``probe(state, ctx)``.
-
     Args:
         cfg: the run's config (loss terms, weights, mining settings).
-        world: the world (its training split is sampled).
+        world: the data (its training split is sampled).
         teacher_scores: ``(img [P], cap [P]) -> (logits [P], probs [P])``; needed when ``cfg`` distils.
         batch: probe batch size (default: ``cfg.batch``).
         seed: the probe batch's seed (fixed: every call sees the same pairs).
@@ -168,41 +149,28 @@ class CoordinationProbe:
         names = [t.name for t in cfg.losses]
         if reference not in names or len(names) < 2:
             raise ValueError(f"cfg.losses must hold {reference!r} and at least one other term to compare, got {names}")
-        if cfg.distill_terms and teacher_scores is None:
+        if needs_teacher(cfg) and teacher_scores is None:
             raise ValueError(f"loss terms {[t.name for t in cfg.distill_terms]} need teacher scores: pass "
                              "teacher_scores=TeacherScores(...)")
         self.cfg, self.world, self.teacher = cfg, world, teacher_scores
         self.batch = check_int("batch", cfg.batch if batch is None else batch, min_value=2,
                                max_value=world.train.num_images)
         self.seed, self.reference = check_int("seed", seed, min_value=0), reference
-        self._losses = build_losses(cfg)
-        self._near = None
+        self._near = build_near_misses(world.train) if cfg.near_misses else None
 
-    def context(self, student: DualEncoder) -> StepContext:
-        """A ``StepContext`` like the one ``fit`` builds, for measuring ``student`` outside the loop."""
-        if self.cfg.near_misses and self._near is None:
-            self._near = build_near_misses(self.world.train)
-        device = next(student.parameters()).device if self.cfg.device == "auto" else pick_device(self.cfg.device)
-        return StepContext(self.world, self.cfg, student, self._losses, self.teacher, self._near, device)
-
-    def __call__(self, state: TrainState | None, ctx: StepContext) -> dict[str, float | None]:
-        """Measure with the trainer's ``ctx`` (and ``state``, whose queue/gallery pools mining reads)."""
-        student = ctx.student
+    def measure(self, student: DualEncoder, pools: MiningPools | None = None) -> dict[str, float | None]:
+        """The gradient report of ``student`` on the probe batch (``pools``: a run's mining pools, see
+        :func:`~workbench.training.loop.batch_terms`)."""
         was_training = student.training
         try:
-            if state is None:
-                state = self._pool_state(ctx)
             student.train()
             gen = torch.Generator().manual_seed(self.seed)
-            img, cap = sample_pairs(ctx.world.train, self.batch, gen)
-            terms = step_terms(state, ctx, img, cap, gen)
+            img, cap = sample_pairs(self.world.train, self.batch, gen)
+            terms = batch_terms(student, self.cfg, self.world, img, cap, gen, teacher_scores=self.teacher,
+                                pools=pools, near=self._near)
             return gradient_report(student, terms, reference=self.reference)
         finally:
             student.train(was_training)
-
-    def measure(self, student: DualEncoder, state: TrainState | None = None) -> dict[str, float | None]:
-        """Measure ``student`` with a context built by the probe (``state`` optional, see :meth:`__call__`)."""
-        return self(state, self.context(student))
 
     def callback(self, student: DualEncoder) -> Callable[[int, dict[str, Any]], None]:
         """A ``fit`` callback ``cb(step, row)`` that adds the probe's values to the logged ``row`` (in place)."""
@@ -211,11 +179,3 @@ class CoordinationProbe:
             row.update(self.measure(student))
 
         return add_to_row
-
-    def _pool_state(self, ctx: StepContext) -> _PoolState:
-        pool = _PoolState(ctx.student)
-        if ctx.cfg.pool == "queue":
-            raise ValueError("pool='queue' mines from the trainer's queue: call probe(state, ctx) with fit's state")
-        if ctx.cfg.pool == "gallery" and ctx.cfg.distill_terms:
-            refresh_gallery(pool, ctx)
-        return pool

@@ -11,10 +11,10 @@ and λ (:class:`Settings`):
   ITC over the whole in-batch row, the distillation loss over the slates;
 - the per-pair gradient weights ``∂L_d/∂s`` on every slate entry of direction d (autograd, no closed form);
 - the implied target order: the teacher's order over the *valid* negatives; invalid ones sit below every valid
-  one, with no order among themselves (DESIGN.md §2).
+  one, with no order among themselves (docs/method.md, "CPRD").
 
 Everything here is a pure function of tensors and returns tensors, dataclasses or DataFrames; the widgets in
-:mod:`workbench.analysis.widgets` draw them.
+:mod:`workbench.interactive.widgets` draw them.
 """
 
 from __future__ import annotations
@@ -377,7 +377,7 @@ def compare_runs(ws: Any, terms: Mapping[str, LossTerm | None], base: FitConfig,
     """A short training run per distillation term (ITC + the term; ``None`` = ITC alone), one table row each.
 
     Args:
-        ws: a :class:`~workbench.analysis.runs.Workspace`.
+        ws: a :class:`~workbench.experiments.runs.Workspace`.
         terms: row name -> the distillation ``LossTerm`` added to ITC (or ``None``).
         base: the run settings (its ``losses`` are replaced); same seed for every row.
         out_dir: when given, each run is written to ``out_dir/<row name>`` like a CLI run.
@@ -386,7 +386,7 @@ def compare_runs(ws: Any, terms: Mapping[str, LossTerm | None], base: FitConfig,
     Columns: final training loss, validation semantic RSUM, test R@1 both directions, test RSUM, minimal pairs.
     """
     if train is None:
-        from workbench.analysis.runs import train_student_run as train
+        from workbench.experiments import train_run as train
     rows = {}
     for name, term in terms.items():
         cfg = base.with_(losses=(LossTerm(ITC),) + ((term,) if term is not None else ()))

@@ -17,13 +17,17 @@ Shapes: ``Q`` queries, ``L`` slate entries per query.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+import pandas as pd
+import torch
 from scipy import stats
 
-from workbench.analysis._arrays import ArrayLike, as_array, as_mask, number, require_finite, summary
-from workbench.checks import check_int
+from workbench.checks import check_choice, check_int
+from workbench.evaluation.slates import EvalSlates
+from workbench.findings.stats import ArrayLike, as_array, as_mask, number, require_finite, summary
 
 PAIRS = {"teacher_student": ("teacher", "student"), "teacher_relevance": ("teacher", "relevance"),
          "student_relevance": ("student", "relevance")}
@@ -79,7 +83,7 @@ def tau_summary(tau: ArrayLike) -> dict[str, Any]:
         tau: float [Q] per-query taus (NaN = undefined for that query; left out).
 
     Returns:
-        :func:`~workbench.analysis._arrays.summary`'s keys plus ``sem`` and ``p_zero`` (two-sided p-value that the
+        :func:`~workbench.findings.stats.summary`'s keys plus ``sem`` and ``p_zero`` (two-sided p-value that the
         mean is 0; ``None`` with fewer than 2 defined values or no spread).
     """
     arr = as_array("tau", tau, ndim=1)
@@ -133,3 +137,90 @@ def agreement_summary(
         diff[name] = None if hard is None or easy is None else hard - easy
     out["hard_minus_easy"] = diff
     return out
+
+
+WINDOWS = ("hard", "easy", "hard+easy")
+
+
+def window_mask(slates: EvalSlates, window: str) -> torch.Tensor:
+    """bool [Q, L]: the entries of ``window`` (``"hard"``, ``"easy"`` or ``"hard+easy"``)."""
+    check_choice("window", window, WINDOWS)
+    return {"hard": slates.hard, "easy": slates.easy, "hard+easy": slates.hard | slates.easy}[window]
+
+
+def window_ranks(scores: Any, mask: Any) -> np.ndarray:
+    """Rank of every masked entry among its row's masked entries: 1 = highest score; ties go to the lower column.
+
+    Args:
+        scores: float [Q, L]; mask: bool [Q, L].
+
+    Returns:
+        float [Q, L], ranks 1..n_q where ``mask``, NaN elsewhere.
+    """
+    s = as_array("scores", scores, ndim=2)
+    m = as_mask("mask", mask, s.shape)
+    keys = np.where(m, -s, np.inf)
+    order = np.argsort(keys, axis=1, kind="stable")
+    ranks = np.empty(s.shape)
+    np.put_along_axis(ranks, order, np.arange(1, s.shape[1] + 1, dtype=np.float64)[None].repeat(len(s), 0), axis=1)
+    return np.where(m, ranks, np.nan)
+
+
+def pair_statistics(teacher: Any, relevance: Any, mask: Any) -> dict[str, np.ndarray]:
+    """Per query, over every pair of its masked entries: can the truth order the pair, and does the teacher?
+
+    Args:
+        teacher: float [Q, L] ITM logits; relevance: float [Q, L] the world's graded relevance; mask: bool [Q, L].
+
+    Returns:
+        float [Q] arrays: ``pairs`` (pairs of masked entries), ``informative`` (share of them whose relevance
+        differs, i.e. the truth prefers one), ``teacher_accuracy`` (share of those informative pairs the teacher
+        orders like the truth; a teacher tie counts 1/2), ``prob_gap`` (mean ``|sigmoid(u_a) - sigmoid(u_b)|`` over
+        all pairs: how far apart the teacher's own match probabilities are). NaN where a row has no pair (or, for
+        ``teacher_accuracy``, no informative pair).
+    """
+    u = as_array("teacher", teacher, ndim=2)
+    r = as_array("relevance", relevance, shape=u.shape)
+    m = as_mask("mask", mask, u.shape)
+    i, j = np.triu_indices(u.shape[1], 1)
+    both = m[:, i] & m[:, j]  # [Q, P]
+    truth, order = np.sign(r[:, i] - r[:, j]), np.sign(u[:, i] - u[:, j])
+    informative = both & (truth != 0)
+    right = np.where(order == truth, 1.0, np.where(order == 0, 0.5, 0.0))
+    p = 1.0 / (1.0 + np.exp(-u))
+    n, n_inf = both.sum(1), informative.sum(1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return {"pairs": n.astype(np.float64),
+                "informative": np.where(n > 0, n_inf / n, np.nan),
+                "teacher_accuracy": np.where(n_inf > 0, (right * informative).sum(1) / n_inf, np.nan),
+                "prob_gap": np.where(n > 0, (np.abs(p[:, i] - p[:, j]) * both).sum(1) / n, np.nan)}
+
+
+def window_table(slates: Mapping[str, EvalSlates]) -> pd.DataFrame:
+    """Means over queries of :func:`pair_statistics` per (direction, window), with the share of the window's
+    negatives that are partly true (relevance > 0).
+
+    Args:
+        slates: ``{direction: EvalSlates}``.
+    """
+    rows = {}
+    for direction, sl in slates.items():
+        for window in ("hard", "easy"):
+            mask = window_mask(sl, window)
+            stats = pair_statistics(sl.teacher.numpy(), sl.relevance.numpy(), mask.numpy())
+            rows[(direction, window)] = {"negatives": float(mask.sum(1).float().mean()),
+                                         "partly_true": float((sl.relevance[mask] > 0).float().mean()),
+                                         **{k: float(np.nanmean(v)) for k, v in stats.items() if k != "pairs"}}
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis(["direction", "window"])
+
+
+def agreement_table(summaries: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
+    """``{direction: agreement_summary(...)}`` as a frame indexed by (direction, window, pair) with the mean, std,
+    number of queries with a defined tau and the p-value of "mean tau = 0"."""
+    rows = {}
+    for direction, by_window in summaries.items():
+        for window in ("hard", "easy"):
+            for pair, s in by_window[window].items():
+                rows[(direction, window, pair)] = {"mean": s["mean"], "std": s["std"], "n": s["n"],
+                                                   "p_zero": s["p_zero"]}
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis(["direction", "window", "pair"])

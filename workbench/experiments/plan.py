@@ -1,0 +1,207 @@
+"""The experiment plan of ``python -m workbench reproduce`` as one typed table: which student runs answer which
+question.
+
+Every row is a :class:`Variant`: a name, the group it belongs to, the question it answers, a label for reports,
+its loss terms and the config fields it changes from the shared distillation setting (:data:`BASE`). A group's
+variants differ from the headline's in one thing. The analyses (:mod:`workbench.experiments.reproduce`) read the
+variants' fields (a term's weight, a teacher view, a validity rule's parameters), never their names. Profiles set the
+sizes (steps, seeds) and which optional variants run.
+
+Add a variant by adding a row to :func:`variants`; its group's analysis picks it up from its fields.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from workbench.experiments.parallel import Job
+from workbench.training.config import FitConfig, LossTerm, profile
+
+ITC = LossTerm("itc")
+GROUPS = ("headline", "baselines", "scale", "negatives", "lambda", "validity", "controlled", "levers")
+ALL_GROUPS = GROUPS
+
+# The distillation setting shared by every method (a group changes one thing).
+BASE: dict[str, Any] = {"pool": "gallery", "k": 8, "positives": "coco", "refresh_every": 100}
+CPRD = LossTerm("cprd", 1.0, {"validity": "top", "m": 4})
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One planned student configuration (a row of the plan).
+
+    Attributes:
+        name: unique within the plan; run folders are ``<group>/<name>_seed<s>`` and findings.json keys it.
+        group: one of :data:`GROUPS`.
+        question: what the run answers (shown in the report).
+        label: how tables name it.
+        losses: the loss terms (ITC first).
+        changes: FitConfig fields changed from :data:`BASE` (besides ``losses``).
+        controlled: settings of a ground-truth teacher to distil from instead of the trained one.
+        rerank: evaluate the teacher re-ranking this student too.
+        probe: track gradient coordination over training.
+        seeds: ``"main"`` (the profile's headline seed count) or ``"extra"`` (its count for the other groups).
+    """
+
+    name: str
+    group: str
+    question: str
+    label: str
+    losses: tuple[LossTerm, ...] = (ITC,)
+    changes: Mapping[str, Any] = field(default_factory=dict)
+    controlled: Mapping[str, Any] | None = None
+    rerank: bool = False
+    probe: bool = False
+    seeds: str = "extra"
+
+    def __post_init__(self) -> None:
+        if self.group not in GROUPS:
+            raise ValueError(f"variant {self.name!r}: group must be one of {GROUPS}, got {self.group!r}")
+        if self.seeds not in ("main", "extra"):
+            raise ValueError(f"variant {self.name!r}: seeds must be 'main' or 'extra', got {self.seeds!r}")
+
+    @property
+    def distill(self) -> LossTerm | None:
+        """The distillation term (the first term other than ITC), if any."""
+        return next((t for t in self.losses if t.name != ITC.name), None)
+
+    def config(self, p: ReproduceProfile, seed: int) -> FitConfig:
+        """This variant's FitConfig under profile ``p`` for one seed."""
+        base = profile(p.fit, steps=p.steps, seed=seed, eval_every=max(1, p.steps // 4))
+        return replace(base, **{**BASE, **dict(self.changes), "losses": self.losses})
+
+
+@dataclass(frozen=True)
+class ReproduceProfile:
+    """Sizes of a reproduce run: steps, seeds, and which optional variants run.
+
+    Attributes:
+        scale_views / lambdas / validity / controlled: the optional variants of those groups that run (variant
+            names); levers: whether the mining-pool / K variants run.
+    """
+
+    name: str
+    world: str  # WORLD_PRESETS key
+    fit: str  # training profile (smoke | quick | full)
+    steps: int
+    seeds: int  # seeds of the headline table and the baselines
+    extra_seeds: int  # seeds of every other group
+    scale_views: tuple[str, ...]  # teacher views besides "logit" for the scale check
+    lambdas: tuple[float, ...]  # CPRD weights besides 1
+    validity: tuple[str, ...]  # validity variants (names without the "cprd_" prefix) besides top-4
+    controlled: tuple[str, ...]  # controlled-teacher variants (names without the "cprd_" prefix)
+    levers: bool = False  # mining pool and K
+    workers: int = 2
+    prefill: int = 16  # teacher-score store prefill: top-M of the first ITC student per train query (0 = off)
+    probe_seeds: int = 3  # runs (seeds) of each headline method that track gradient coordination
+    full_list: str = "all"  # Finding 2's "full list": "all" (the whole batch) or "hard+easy" (K hard + K easy)
+
+    def seed_count(self, variant: Variant) -> int:
+        return self.seeds if variant.seeds == "main" else self.extra_seeds
+
+
+METHODS: dict[str, tuple[tuple[LossTerm, ...], str]] = {  # the headline methods, all on the same slates
+    "itc": ((ITC,), "ITC only"),
+    "kl": ((ITC, LossTerm("kl", 1.0)), "ITC + KL"),
+    "mse": ((ITC, LossTerm("mse", 1.0, {"standardize": True})), "ITC + MSE (standardised)"),
+    "ranknet": ((ITC, LossTerm("ranknet", 1.0)), "ITC + RankNet"),
+    "listnet": ((ITC, LossTerm("listnet", 1.0)), "ITC + ListNet"),
+    "listmle": ((ITC, LossTerm("listmle", 1.0)), "ITC + ListMLE"),
+    "cprd": ((ITC, CPRD), "ITC + CPRD (top-4)"),
+}
+VALIDITY = {  # CPRD's validity variants: name -> (cprd hyperparameters, label)
+    "top1": ({"validity": "top", "m": 1}, "CPRD, the teacher's top-1 hard negative"),
+    "top2": ({"validity": "top", "m": 2}, "CPRD, top-2"),
+    "all": ({"validity": "all"}, "CPRD, all K (= ListMLE)"),
+    "threshold0": ({"validity": "threshold", "threshold": 0.0}, "CPRD, teacher logit >= 0"),
+    "threshold-4": ({"validity": "threshold", "threshold": -4.0}, "CPRD, teacher logit >= -4"),
+    "top4_steps": ({"validity": "top", "m": 4, "normalize": "steps"}, "CPRD, top-4, steps averaged"),
+}
+CONTROLLED = {  # ground-truth teachers: name -> (ControlledTeacher settings, label)
+    "truth": ({"noise": 0.0}, "CPRD, ground-truth teacher (relevance incl. relations, no noise)"),
+    "truth_noise2": ({"noise": 2.0}, "CPRD, ground-truth teacher + noise (std 2 logits)"),
+    "mentions_only": ({"noise": 0.0, "relations": False},
+                      "CPRD, ground-truth teacher that ignores relations (an order a relation-blind student can "
+                      "represent)"),
+}
+SCALE_VIEWS = {"probability": "the teacher's match probabilities", "tempered": "the teacher's logits / 4"}
+
+
+def variants(p: ReproduceProfile) -> list[Variant]:
+    """Every variant the profile runs, headline first (its ITC run feeds the store prefill)."""
+    rows = [Variant(m, "headline", "How much does each distillation method add to ITC, at weight 1?", label,
+                    terms, rerank=m == "itc", probe=m != "itc", seeds="main")
+            for m, (terms, label) in METHODS.items()]
+    rows += [
+        Variant("mined_itc", "baselines", "Do the mined slates alone (no teacher) help?",
+                "ITC + InfoNCE on the mined slates (no teacher)", (ITC, LossTerm("infonce")), seeds="main"),
+        Variant("negclip", "baselines", "Do caption near-misses as negatives (no teacher) help?",
+                "ITC + caption near-misses (NegCLIP-style, no teacher)", changes={"near_misses": True}, seeds="main"),
+    ]
+    for method in ("kl", "cprd"):  # Finding 1: the teacher's logits vs probabilities vs tempered logits
+        rows += [Variant(f"{method}_{view}", "scale", "Does the teacher's score scale change what transfers?",
+                         f"{METHODS[method][1]}, fed {SCALE_VIEWS[view]}", METHODS[method][0],
+                         changes={"teacher_output": view, "teacher_temperature": 4.0}) for view in p.scale_views]
+    full = {"negatives": "all", "pool": "batch"} if p.full_list == "all" else {"negatives": "hard+easy",
+                                                                                  "easy_rank": 64}
+    rows += [  # Finding 2: rank distillation over easy negatives / the full list (hard = the headline's listmle)
+        Variant("listmle_easy", "negatives", "Does the order among easy negatives carry knowledge?",
+                "easy (beyond rank R)", METHODS["listmle"][0], changes={"negatives": "easy", "easy_rank": 64}),
+        Variant(f"listmle_{p.full_list.replace('+', '_')}", "negatives", "Does the full list add to hard negatives?",
+                "all (whole batch)" if p.full_list == "all" else "hard + easy (K of each)", METHODS["listmle"][0],
+                changes=full),
+    ]
+    rows += [Variant(f"cprd_lambda{lam:g}", "lambda", "How does CPRD's weight trade off against ITC?",
+                     f"CPRD, λ = {lam:g}", (ITC, replace(CPRD, weight=lam))) for lam in p.lambdas]
+    rows += [Variant(f"cprd_{name}", "validity", "Which hard negatives should be valid?", VALIDITY[name][1],
+                     (ITC, LossTerm("cprd", 1.0, VALIDITY[name][0]))) for name in p.validity]
+    rows += [Variant(f"cprd_{name}", "controlled", "Which teacher order can the student learn?", CONTROLLED[name][1],
+                     METHODS["cprd"][0], controlled=CONTROLLED[name][0]) for name in p.controlled]
+    if p.levers:  # what a careful researcher checks: the mining pool, K
+        rows += [Variant("cprd_batch_pool", "levers", "Does the mining pool matter?",
+                         "CPRD, in-batch mining (the paper's setting)", METHODS["cprd"][0], changes={"pool": "batch"}),
+                 Variant("cprd_queue_pool", "levers", "Does the mining pool matter?",
+                         "CPRD, mining from a queue of recent batches", METHODS["cprd"][0], changes={"pool": "queue"}),
+                 Variant("cprd_k16", "levers", "Does K matter?", "CPRD, K = 16 mined negatives", METHODS["cprd"][0],
+                         changes={"k": 16})]
+    _check_unique(rows)
+    return rows
+
+
+def _check_unique(rows: list[Variant]) -> None:
+    names = [v.name for v in rows]
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        raise ValueError(f"variant names must be unique in a plan, got duplicates {duplicated}")
+
+
+PROFILES = {
+    "smoke": ReproduceProfile("smoke", "smoke", "smoke", 30, 2, 1, ("probability",), (0.25,), ("threshold0",),
+                              ("truth",), levers=True, prefill=4, probe_seeds=1, full_list="hard+easy"),
+    "quick": ReproduceProfile("quick", "default", "quick", 200, 3, 1, ("probability",), (0.25,),
+                              ("threshold0",), ("truth", "mentions_only"), probe_seeds=1, full_list="hard+easy"),
+    "full": ReproduceProfile("full", "default", "full", 1500, 3, 2, ("probability", "tempered"), (0.25, 0.5, 2.0),
+                             tuple(VALIDITY), tuple(CONTROLLED), levers=True, workers=4),
+}
+
+
+def jobs(p: ReproduceProfile, out: Path, table: list[Variant] | None = None) -> list[Job]:
+    """One job per (variant, seed): run folders ``out/<group>/<name>_seed<s>``."""
+    every = max(1, p.steps // 4)
+    return [Job(out / v.group / f"{v.name}_seed{s}", v.config(p, s), v.rerank,
+                dict(v.controlled) if v.controlled is not None else None,
+                every if v.probe and s < p.probe_seeds else 0, v.name, s)
+            for v in (variants(p) if table is None else table) for s in range(p.seed_count(v))]
+
+
+def plan(p: ReproduceProfile, out: Path) -> dict[str, list[Job]]:
+    """Every group's jobs (headline first)."""
+    grouped: dict[str, list[Job]] = {}
+    table = variants(p)
+    for job in jobs(p, out, table):
+        group = next(v.group for v in table if v.name == job.variant)
+        grouped.setdefault(group, []).append(job)
+    return grouped

@@ -1,0 +1,254 @@
+"""One run: train a student, evaluate it, write its folder; and the store fill. One path for both kinds of data.
+
+    ws = open_workspace()                                         # or open_karpathy_workspace(...)
+    metrics = train_run(ws, cfg, "runs/cprd")                     # cfg: a FitConfig
+    fill_store(ws, load_student("runs/itc/checkpoint"), "train", top=16)
+
+A run folder holds ``config.json`` (``fit``: the FitConfig; ``data``: the workspace's data, teacher and store;
+``student``: the student's config; ``controlled_teacher``; ``processes``), ``history.json`` (one row per logged
+step: every loss term and the validation metrics), ``metrics.json`` (the test metrics, their protocol card, the
+training time and the teacher store's statistics; ``rsum`` = the workspace's primary RSUM) and ``checkpoint/``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from workbench.data.world import WorldConfig, build_world, minimal_pairs
+from workbench.device import pick_device
+from workbench.distributed import Dist, current
+from workbench.evaluation.embed import embed_split
+from workbench.evaluation.evaluate import evaluate_teacher, graded_pairs
+from workbench.evaluation.protocol import ProtocolCard, TeacherCost
+from workbench.experiments.workspace import Announce, Workspace
+from workbench.io import read_json, save_checkpoint, write_json
+from workbench.models.teacher import CrossEncoder, TeacherConfig
+from workbench.scores.mining import mine_hard_negatives, relation_exclude
+from workbench.scores.similarity import topk_similarity
+from workbench.scores.teacher_scores import TeacherScores
+from workbench.training.config import FitConfig
+from workbench.training.loop import fit, needs_teacher
+from workbench.training.stem import pretrain_stem, stem_accuracy
+from workbench.training.teacher import TeacherTrainConfig, train_teacher
+
+
+def train_run(ws: Workspace, cfg: FitConfig, out_dir: str | Path | None, *, card: ProtocolCard | None = None,
+              rerank: bool = True, resume: bool = False, progress=None, step_callbacks=(), callbacks=(),
+              controlled: dict | None = None, probe_every: int = 0, announce: Announce | None = None,
+              dist: Dist | None = None) -> dict[str, Any]:
+    """Train one student, evaluate it under ``card`` (default: the test split, re-ranked by the teacher when
+    ``rerank``); write the run folder (main process) when ``out_dir`` is given.
+
+    Args:
+        controlled: settings of a :class:`~workbench.models.controlled.ControlledTeacher` to distil from instead
+            of the trained teacher (a control experiment; recorded in config.json).
+        probe_every: measure gradient coordination (cosine of ITC's and each term's gradients on a fixed probe
+            batch) every N steps into the history (0 = never).
+        announce: receives the teacher's cost before training and before re-ranking.
+    """
+    dist = current() if dist is None else dist
+    card = card or ws.protocol_card("test", rerank=rerank)
+    teacher_scores = _training_scores(ws, cfg, controlled)
+    if announce is not None:
+        announce(_training_cost(cfg, teacher_scores, ws, dist).text())
+    torch.manual_seed(cfg.seed)  # the student's initialisation is part of the run's seed
+    student = ws.new_student()
+    callbacks = tuple(callbacks) + _probe_callbacks(cfg, ws, teacher_scores, student, probe_every)
+    before = teacher_scores.stats if isinstance(teacher_scores, TeacherScores) else None
+    start = time.time()
+    state = fit(cfg, ws.data, student, teacher_scores=teacher_scores, evaluate=ws.val_evaluator(), out_dir=out_dir,
+                resume=resume, progress=progress, step_callbacks=step_callbacks, callbacks=callbacks, dist=dist)
+    seconds = time.time() - start
+    metrics = ws.evaluate(student, card, announce=announce) | {"train_seconds": seconds}
+    if before is not None:
+        metrics["teacher_store"] = asdict(teacher_scores.stats - before)
+    if out_dir is not None and dist.is_main:
+        write_run(Path(out_dir), run_config(ws, cfg, student, controlled, dist), state.history, metrics)
+    return metrics
+
+
+def _training_scores(ws: Workspace, cfg: FitConfig, controlled: dict | None):
+    """The teacher's scores the distillation terms read (``None`` when no term reads a teacher)."""
+    if not needs_teacher(cfg):
+        return None
+    return ws.teacher_scores("train") if controlled is None else ws.controlled_scores(controlled)
+
+
+def _training_cost(cfg: FitConfig, scores: Any, ws: Workspace, dist: Dist) -> TeacherCost:
+    from workbench.evaluation.protocol import training_cost
+
+    if scores is None:
+        return TeacherCost("training", ())
+    rows = len(scores.store) if isinstance(scores, TeacherScores) and ws.store_path else None
+    return training_cost(cfg.steps, cfg.batch, dist.world_size, cfg.k, cfg.negatives, rows)
+
+
+def _probe_callbacks(cfg: FitConfig, ws: Workspace, teacher_scores, student: Any, every: int) -> tuple:
+    if not every or len(cfg.losses) < 2:
+        return ()
+    from workbench.findings.coordination import CoordinationProbe
+
+    measure = CoordinationProbe(cfg, ws.data, teacher_scores).callback(student)
+
+    def callback(step: int, row: dict) -> None:
+        if step % every == 0 or step == cfg.steps:
+            measure(step, row)
+
+    return (callback,)
+
+
+def run_config(ws: Workspace, cfg: FitConfig, student: Any, controlled: dict | None = None,
+               dist: Dist | None = None) -> dict[str, Any]:
+    """The ``config.json`` of a run: what was trained, on which data, from which teacher."""
+    config = getattr(student, "config_dict", dict)()
+    return {"fit": cfg.to_dict(), "data": ws.describe(), "student": config, "controlled_teacher": controlled,
+            "processes": (dist or current()).world_size}
+
+
+def write_run(out: Path, config: dict[str, Any], history: list[dict[str, Any]], metrics: dict[str, Any]) -> None:
+    """Write a run folder's three JSON files (each atomically; ``metrics.json`` last marks the run finished)."""
+    write_json(out / "config.json", config)
+    write_json(out / "history.json", history)
+    write_json(out / "metrics.json", metrics)
+
+
+def load_run(out_dir: str | Path) -> dict[str, Any]:
+    """config, history and metrics of a finished student run folder."""
+    out = Path(out_dir)
+    return {name: read_json(out / f"{name}.json", what=f"run {name}") for name in ("config", "history", "metrics")}
+
+
+# ----------------------------------------------------------------------------------------------- the store fill
+
+
+def mined_pairs(student: Any, split: Any, top: int, positives: str = "coco") -> dict[str, tuple[torch.Tensor, ...]]:
+    """Each query's top-``top`` non-positive candidates by ``student``, both directions:
+    ``{"i2t"|"t2i": (image idx long [P], caption idx long [P])}`` (split indices, CPU)."""
+    img, txt = (e.float().cpu() for e in embed_split(student, split))
+    relation = split.relations()[positives]
+    out = {}
+    for direction, (q, c) in {"i2t": (img, txt), "t2i": (txt, img)}.items():
+        mined = mine_hard_negatives(q, c, top, positives=relation_exclude(relation, direction))
+        rows = torch.arange(len(q))[:, None].expand_as(mined.indices)
+        keep = mined.valid.flatten()
+        pairs = (rows.flatten()[keep], mined.indices.flatten()[keep])
+        out[direction] = pairs if direction == "i2t" else pairs[::-1]
+    return out
+
+
+def fill_store(ws: Workspace, student: Any, split: str = "train", top: int = 16, *, positives: str = "coco",
+               announce: Announce | None = None, dist: Dist | None = None) -> dict[str, Any]:
+    """Score each query's top-``top`` student candidates (both directions, ``positives`` excluded) into the store, so
+    that distillation runs mining with the same positives mostly hit it. Ranks share the work (each scores a slice
+    of each direction's pairs into the shared store file)."""
+    dist = current() if dist is None else dist
+    data = ws.split(split)
+    pairs = mined_pairs(student, data, top, positives)
+    scores = ws.teacher_scores(split)
+    if announce is not None:
+        terms = (("i2t", data.num_images, top), ("t2i", data.num_captions, top))
+        img, cap = (torch.cat([p[k] for p in pairs.values()]) for k in (0, 1))
+        announce(exact_cost("store fill", terms, scores, img, cap).text())
+    before = scores.stats
+    for direction, (img, cap) in pairs.items():
+        rows = dist.shard(len(img))
+        scores(img[rows.start : rows.stop], cap[rows.start : rows.stop])
+        if announce is not None:
+            announce(f"store      fill {direction}: {scores.stats.postfix()}")
+    dist.barrier()
+    stats = scores.stats - before
+    return {"pairs": sum(len(p[0]) for p in pairs.values()), "computed_pairs": stats.computed_pairs,
+            "hit_rate": stats.hit_rate}
+
+
+def rerank_cost(scores: TeacherScores, img: torch.Tensor, txt: torch.Tensor, k_test: int) -> TeacherCost:
+    """The exact teacher bill of re-ranking: both directions' top-``k_test`` pairs less those already stored."""
+    pairs = []
+    for direction, query, gallery in (("i2t", img, txt), ("t2i", txt, img)):
+        idx = topk_similarity(query, gallery, k_test)[1].cpu()
+        q = torch.arange(len(query))[:, None].expand_as(idx).reshape(-1)
+        pairs.append((q, idx.reshape(-1)) if direction == "i2t" else (idx.reshape(-1), q))
+    terms = (("i2t", len(img), k_test), ("t2i", len(txt), k_test))
+    return exact_cost("re-ranking", terms, scores, torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs]))
+
+
+def exact_cost(task: str, terms, scores: TeacherScores, img: torch.Tensor, cap: torch.Tensor) -> TeacherCost:
+    """The cost of scoring the pairs ``(img [P], cap [P])`` (split indices), duplicates and store hits known."""
+    keys = torch.unique(img.cpu() * scores.split.num_captions + cap.cpu())
+    i, c = keys // scores.split.num_captions, keys % scores.split.num_captions
+    stored = int(scores.stored(i, c).sum())
+    return TeacherCost(task, terms, distinct=len(keys), stored=stored, exact=True, store_rows=len(scores.store))
+
+
+# --------------------------------------------------------------------------------------------------- the teacher
+
+
+def train_teacher_run(world_cfg: WorldConfig, train_cfg: TeacherTrainConfig, teacher_cfg: TeacherConfig,
+                      out_dir: str | Path, progress=None, callbacks=(), device: str = "auto") -> dict[str, Any]:
+    """Pretrain the stem, train the teacher, evaluate it on val/test minimal pairs; write a teacher checkpoint."""
+    from workbench.data.nearmiss import build_near_misses
+
+    start = time.time()
+    world = build_world(world_cfg)
+    stem = pretrain_stem(world.train, seed=train_cfg.seed)
+    model = CrossEncoder(teacher_cfg, stem=stem).to(pick_device(device))
+    val_pairs = minimal_pairs(world.val, per_kind=300)
+
+    def evaluate(m: CrossEncoder) -> dict[str, float]:
+        return {f"val_mp_{k}": v for k, v in evaluate_teacher(m, world.val, val_pairs)["minimal_pairs"].items()}
+
+    history = train_teacher(model, world.train, build_near_misses(world.train, seed=train_cfg.seed), train_cfg,
+                            evaluate=evaluate, callbacks=callbacks, progress=progress)
+    test = evaluate_teacher(model, world.test, minimal_pairs(world.test, per_kind=500), graded_pairs(world.test))
+    seconds = time.time() - start
+    model.cpu()
+    metrics = {"test": test, "stem": stem_accuracy(stem, world.test), "train_seconds": seconds,
+               "device": str(pick_device(device))}
+    out = Path(out_dir)
+    extra = {"world": asdict(world_cfg), "training": asdict(train_cfg), "metrics": metrics}
+    save_checkpoint(out, "teacher", model.config_dict(), model.state_dict(), extra)
+    write_json(out / "history.json", history)
+    write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def finished_run(run: Path, ws: Workspace, cfg: FitConfig) -> bool:
+    """True when ``run`` holds a finished run of ``cfg`` on ``ws``'s data (``config.json``'s fit and data match)."""
+    if not (run / "metrics.json").is_file() or not (run / "config.json").is_file():
+        return False
+    recorded = read_json(run / "config.json", what="run config")
+    wanted = json.loads(json.dumps({"fit": cfg.to_dict(), "data": ws.describe()}))
+    return recorded.get("fit") == wanted["fit"] and recorded.get("data") == wanted["data"]
+
+
+def ensure_students(ws: Workspace, configs: Mapping[str, FitConfig], out_dir: str | Path, *,
+                    log: Callable[[str], None] = print) -> dict[str, Path]:
+    """Checkpoint folder of a student trained with each config: ``out_dir/<name>/checkpoint``.
+
+    A run already in ``out_dir/<name>`` with the same fit config and data is reused; any other is trained now with
+    :func:`train_run` (no teacher re-ranking), overwriting what was there.
+
+    Args:
+        ws: the workspace.
+        configs: ``{name: FitConfig}``.
+        out_dir: the folder holding one run folder per name.
+        log: receives one line per student.
+    """
+    found = {}
+    for name, cfg in configs.items():
+        run = Path(out_dir) / name
+        if finished_run(run, ws, cfg):
+            log(f"{name}: reusing {run}")
+        else:
+            terms = " + ".join(t.name for t in cfg.losses)
+            log(f"{name}: training {terms} for {cfg.steps} steps -> {run}")
+            train_run(ws, cfg, run, rerank=False)
+        found[name] = run / "checkpoint"
+    return found

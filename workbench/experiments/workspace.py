@@ -1,0 +1,427 @@
+"""The workspace: one interface to the data, the teacher, fresh students, the teacher-score store and evaluation,
+for the built-in world and for Karpathy-format real data alike.
+
+    ws = open_workspace()                                                     # built-in world + committed teacher
+    ws = open_karpathy_workspace("flickr30k", "data/dataset_flickr30k.json", "data/flickr30k-images",
+                                 store="runs/teacher_scores.sqlite")          # BLIP ITM teacher, CLIP student
+    card = ws.protocol_card("test")                                           # what the numbers will mean
+    metrics = ws.evaluate(ws.new_student(), card)
+
+Training, store filling, the CLI and the notebooks go through this interface only (:mod:`workbench.experiments.runs`),
+so every run folder has one format whichever data it used. What differs between the two kinds of data lives here:
+
+- :class:`BuiltinWorkspace`: the generated :class:`~workbench.data.world.World`, the built-in cross-encoder teacher
+  (its frozen stem is shared with every student), ground-truth extras in evaluation (minimal pairs, graded
+  Spearman, the semantic protocol), teacher re-ranking by the teacher's own pair scorer;
+- :class:`KarpathyWorkspace`: a Karpathy JSON + image folder, a BLIP ITM teacher and a CLIP / BLIP-ITC student from
+  `transformers` (loaded on first use), COCO protocol only, re-ranking through the persistent store.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from workbench.checks import check_choice
+from workbench.data.karpathy import DATASETS, KarpathySplit, load_karpathy
+from workbench.data.world import MinimalPairs, World, WorldConfig, build_world, minimal_pairs
+from workbench.device import pick_device
+from workbench.distributed import current
+from workbench.evaluation.embed import embed_split
+from workbench.evaluation.evaluate import evaluate_student, graded_pairs
+from workbench.evaluation.protocol import ProtocolCard, protocol_card
+from workbench.evaluation.retrieval import retrieval_metrics
+from workbench.io import CheckpointError
+from workbench.models.stem import PatchStem
+from workbench.models.student import DualEncoder, StudentConfig
+from workbench.models.teacher import CrossEncoder, load_teacher
+from workbench.scores.teacher_scores import TeacherScores
+from workbench.training.stem import pretrain_stem
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+DEFAULT_TEACHER = ASSETS / "teacher"
+WORLD_PRESETS = {"smoke": WorldConfig(n_train=400, n_val=100, n_test=200), "default": WorldConfig()}
+DEFAULT_TEACHERS = {"flickr30k": "Salesforce/blip-itm-base-flickr", "coco": "Salesforce/blip-itm-base-coco"}
+DEFAULT_STUDENT = "openai/clip-vit-base-patch16"
+REAL_FIT_DEFAULTS: dict[str, Any] = {"positives": "coco", "lr": 1e-5, "warmup": 100, "weight_decay": 0.1}
+"""FitConfig fields whose built-in defaults do not suit fine-tuning a pretrained model on real data (the CLI uses
+these unless given): COCO positives (a caption matches its own image), CLIP-style fine-tuning learning rate."""
+
+Announce = Callable[[str], None]
+
+
+def world_namespace(cfg: WorldConfig) -> str:
+    """Store namespace of a world: ids are only unique within one world config."""
+    digest = hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True).encode()).hexdigest()[:12]
+    return f"world-{digest}"
+
+
+class Workspace:
+    """What every workspace offers (the built-in and Karpathy ones below implement it).
+
+    Attributes:
+        kind: ``"builtin"`` or ``"karpathy"`` (recorded in every run's ``config.json``).
+        dataset: the protocol-card dataset name (``"builtin"``, ``"flickr30k"``, ``"coco"``).
+        data: has ``train`` / ``val`` / ``test`` splits and ``split(name)``; ``fit`` reads ``data.train``.
+        store_path: the persistent teacher-score store (``None``: scores live in this process only).
+        primary: the protocol whose RSUM is a run's headline number (``metrics["rsum"]``).
+    """
+
+    kind: str
+    dataset: str
+    data: Any
+    store_path: Path | None
+    primary: str
+    _scores: dict[str, TeacherScores]
+
+    # --- data, models, store ------------------------------------------------------------------------------------
+
+    def split(self, name: str) -> Any:
+        """The split ``name`` ("train" | "val" | "test")."""
+        check_choice("split", name, ["train", "val", "test"])
+        return self.data.split(name)
+
+    @property
+    def teacher(self) -> Any:
+        raise NotImplementedError
+
+    @property
+    def namespace(self) -> str:
+        """The store's id space for this data."""
+        raise NotImplementedError
+
+    def new_student(self) -> Any:
+        raise NotImplementedError
+
+    def teacher_scores(self, split: str = "train") -> TeacherScores:
+        """The teacher's scores on a split through the store: one instance per split, kept open for the workspace's
+        life, so its in-memory cache (and the teacher's cached encodings) serve every run of this process."""
+        if split not in self._scores:
+            self._scores[split] = TeacherScores(self.teacher, self.split(split), self.store_path, self.namespace,
+                                                **self._scorer_options(split))
+        return self._scores[split]
+
+    def _scorer_options(self, split: str) -> dict[str, Any]:
+        return {}
+
+    def controlled_scores(self, settings: dict[str, Any]) -> Callable:
+        """A ground-truth teacher's scores (a control; built-in world only)."""
+        raise ValueError(f"a controlled teacher needs the built-in world's ground truth; this is {self.dataset!r}")
+
+    def close(self) -> None:
+        """Close the store connections this workspace opened."""
+        for scores in self._scores.values():
+            scores.close()
+        self._scores.clear()
+
+    def describe(self) -> dict[str, Any]:
+        """Where the data, teacher and store come from (``config.json["data"]`` of every run)."""
+        raise NotImplementedError
+
+    # --- evaluation ---------------------------------------------------------------------------------------------
+
+    def protocol_card(self, split: str = "test", *, k_test: int | None = None, rerank: bool = True,
+                      fusion: str = "itm") -> ProtocolCard:
+        """What a retrieval result on ``split`` means (split, cut-offs, re-ranking ``k_test``, fusion)."""
+        return protocol_card(self.dataset, self.split(split), k_test=k_test, rerank=rerank, fusion=fusion)
+
+    def evaluate(self, student: Any, card: ProtocolCard, *, announce: Announce | None = None,
+                 progress: bool = False) -> dict[str, Any]:
+        """Every metric of ``student`` under ``card``: retrieval in each protocol, the teacher re-ranking its top
+        ``card.k_test`` (when the card has one), and the world's extras (built-in). ``announce(text)`` receives the
+        teacher's exact cost before it runs (store-backed re-ranking)."""
+        split = self.split(card.split)
+        img, txt = embed_split(student, split, progress=progress)
+        scorer, stats = self._rerank_scorer(card, img, txt, announce)
+        out = evaluate_student(student, split, k_test=card.k_test or 1, fusion=card.fusion, pair_scorer=scorer,
+                               ks=card.ks, progress=progress, embeddings=(img, txt), **self._extras(card.split))
+        out["protocol"] = card.to_dict()
+        out["rsum"] = out["retrieval"][self.primary]["rsum"]
+        if stats is not None:
+            out["rerank_store"] = asdict(stats())
+        return out
+
+    def _rerank_scorer(self, card: ProtocolCard, img: torch.Tensor, txt: torch.Tensor,
+                       announce: Announce | None) -> tuple[Callable | None, Callable | None]:
+        """(the pair scorer re-ranking uses or None, a function giving its store statistics or None)."""
+        raise NotImplementedError
+
+    def _extras(self, split: str) -> dict[str, Any]:
+        """Extra evaluation sets of ``evaluate_student`` (minimal pairs, graded pairs) for ``split``."""
+        return {}
+
+    def val_evaluator(self) -> Callable[[Any], dict[str, float]]:
+        """An ``evaluate`` callback for ``fit``: R@1 and RSUM on the validation split, in every protocol."""
+        split = self.split("val")
+        card = self.protocol_card("val", rerank=False)
+
+        def evaluate(student: Any) -> dict[str, float]:
+            img, txt = embed_split(student, split)
+            m = retrieval_metrics(img.float().cpu(), txt.float().cpu(), split.relations(), ks=card.ks)
+            return {f"val_{p}_{k}": v for p in m for k, v in m[p].items() if k.startswith("r1_") or k == "rsum"}
+
+        return evaluate
+
+
+# ---------------------------------------------------------------------------------------------- built-in world
+
+
+@dataclass
+class BuiltinWorkspace(Workspace):
+    """The built-in world with its teacher, the shared frozen stem, and cached evaluation sets."""
+
+    world: World
+    teacher_model: CrossEncoder | None
+    stem: PatchStem
+    store_path: Path | None = None
+    teacher_dir: Path | None = None
+    _eval_sets: dict[str, Any] = field(default_factory=dict, repr=False)
+    _scores: dict[str, TeacherScores] = field(default_factory=dict, repr=False)
+
+    kind = "builtin"
+    dataset = "builtin"
+    primary = "semantic"
+
+    @property
+    def data(self) -> World:
+        return self.world
+
+    @property
+    def teacher(self) -> CrossEncoder:
+        if self.teacher_model is None:
+            raise ValueError("this workspace has no teacher: pass --teacher DIR (a train-teacher output folder)")
+        return self.teacher_model
+
+    @property
+    def namespace(self) -> str:
+        return world_namespace(self.world.config)
+
+    def new_student(self, config: StudentConfig | None = None) -> DualEncoder:
+        """A fresh student sharing the frozen stem (a CPU copy: the student moves to its device when it trains)."""
+        return DualEncoder(config or StudentConfig(), stem=copy.deepcopy(self.stem).cpu())
+
+    def controlled_scores(self, settings: dict[str, Any]) -> Callable:
+        from workbench.models.controlled import ControlledConfig, ControlledTeacher
+
+        return ControlledTeacher(self.world.train, ControlledConfig(**settings)).scores
+
+    def eval_sets(self, split: str) -> tuple[MinimalPairs, tuple[torch.Tensor, torch.Tensor]]:
+        """(minimal pairs, graded pairs) of a split, built once."""
+        if split not in self._eval_sets:
+            s = self.split(split)
+            self._eval_sets[split] = (minimal_pairs(s, per_kind=500), graded_pairs(s))
+        return self._eval_sets[split]
+
+    def _extras(self, split: str) -> dict[str, Any]:
+        minimal, graded = self.eval_sets(split)
+        return {"minimal": minimal, "graded": graded}
+
+    def _rerank_scorer(self, card, img, txt, announce):
+        if card.k_test is None or self.teacher_model is None:
+            return None, None
+        return self.teacher_model.pair_scorer(self.split(card.split)), None
+
+    def protocol_card(self, split: str = "test", *, k_test: int | None = None, rerank: bool = True,
+                      fusion: str = "itm") -> ProtocolCard:
+        if fusion != "itm":
+            raise ValueError("--fusion itm+itc is available for real data (--dataset flickr30k|coco); the built-in "
+                             "world re-ranks by the teacher's ITM logit alone")
+        return super().protocol_card(split, k_test=k_test, rerank=rerank and self.teacher_model is not None,
+                                     fusion=fusion)
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "world": asdict(self.world.config),
+                "teacher": str(self.teacher_dir) if self.teacher_dir else None,
+                "store": str(self.store_path) if self.store_path else None}
+
+
+def open_workspace(world_cfg: WorldConfig | None = None, teacher_dir: str | Path | None = DEFAULT_TEACHER,
+                   store_path: str | Path | None = None, device: str = "auto") -> BuiltinWorkspace:
+    """Build the world and load the teacher (its stem is shared with students); no teacher -> pretrain a stem.
+
+    The teacher goes to ``device`` (CUDA when available for ``"auto"``); students move there when they train.
+    """
+    world = build_world(world_cfg or WorldConfig())
+    teacher = None
+    if teacher_dir is not None:
+        if not (Path(teacher_dir) / "config.json").is_file():
+            raise CheckpointError(
+                f"no teacher checkpoint in {teacher_dir}: train one with `python -m workbench train-teacher --out DIR`"
+            )
+        teacher = load_teacher(teacher_dir).to(pick_device(device))
+    stem = teacher.stem if teacher is not None else pretrain_stem(world.train)
+    return BuiltinWorkspace(world, teacher, stem, Path(store_path) if store_path else None,
+                            Path(teacher_dir) if teacher_dir else None)
+
+
+# ------------------------------------------------------------------------------------------- Karpathy real data
+
+
+@dataclass
+class KarpathyData:
+    """A Karpathy dataset; its splits load on first use. ``fit`` reads ``.train`` as it reads a world's.
+
+    Attributes:
+        dataset: "flickr30k" or "coco".
+        json_path: the Karpathy JSON (or the folder holding it); image_root: the image folder.
+        max_images: keep the first N images of each split (quick runs); ``None`` keeps all.
+        restval_as_train: COCO: train on train + restval (113,287 images, as BLIP and the paper).
+    """
+
+    dataset: str
+    json_path: Path
+    image_root: Path
+    max_images: int | None = None
+    restval_as_train: bool = False
+    _splits: dict[str, KarpathySplit] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        check_choice("dataset", self.dataset, DATASETS)
+        self.json_path, self.image_root = Path(self.json_path), Path(self.image_root)
+
+    def split(self, name: str) -> KarpathySplit:
+        if name not in self._splits:
+            self._splits[name] = load_karpathy(self.json_path, self.image_root, name, dataset=self.dataset,
+                                               max_images=self.max_images,
+                                               restval_as_train=self.restval_as_train and name == "train")
+        return self._splits[name]
+
+    @property
+    def train(self) -> KarpathySplit:
+        return self.split("train")
+
+    @property
+    def val(self) -> KarpathySplit:
+        return self.split("val")
+
+    @property
+    def test(self) -> KarpathySplit:
+        return self.split("test")
+
+    def describe(self) -> dict[str, Any]:
+        return {"dataset": self.dataset, "karpathy_json": str(self.json_path), "image_root": str(self.image_root),
+                "max_images": self.max_images, "restval_as_train": self.restval_as_train}
+
+
+@dataclass
+class KarpathyWorkspace(Workspace):
+    """A Karpathy dataset, its teacher (loaded when needed), the student's source and the teacher-score store."""
+
+    data: KarpathyData
+    teacher_source: str
+    student_source: str
+    student_kind: str = "clip"
+    store_path: Path | None = None
+    device: str = "auto"
+    teacher_cache_images: int | None = 2048
+    _teacher: Any = field(default=None, repr=False)
+    _scores: dict[str, TeacherScores] = field(default_factory=dict, repr=False)
+
+    kind = "karpathy"
+    primary = "coco"
+
+    @property
+    def dataset(self) -> str:
+        return self.data.dataset
+
+    @property
+    def teacher(self) -> Any:
+        """The frozen BLIP ITM teacher (:class:`~workbench.models.hf.HFTeacher`), loaded on first use."""
+        if self._teacher is None:
+            from workbench.models.hf import HFTeacher
+
+            self._teacher = HFTeacher(self.teacher_source, device=self.model_device)
+        return self._teacher
+
+    @property
+    def namespace(self) -> str:
+        """Teacher-store id space: image / caption ids are global within one dataset's Karpathy file."""
+        return f"karpathy-{self.dataset}"
+
+    def new_student(self) -> Any:
+        from workbench.models.hf import HFStudent
+
+        return HFStudent(self.student_source, self.student_kind, device=self.model_device)
+
+    def _scorer_options(self, split: str) -> dict[str, Any]:
+        """Training keeps an LRU cache of ``teacher_cache_images`` image encodings; evaluation splits cache all."""
+        return {"max_cached_images": self.teacher_cache_images if split == "train" else None}
+
+    @property
+    def model_device(self) -> str | torch.device:
+        """Where the models go: this process's device under a launcher, else the configured one."""
+        dist = current()
+        return dist.device if dist.enabled and dist.device is not None else self.device
+
+    def _rerank_scorer(self, card, img, txt, announce):
+        if card.k_test is None:
+            return None, None
+        scores = self.teacher_scores(card.split)
+        if announce is not None:
+            from workbench.experiments.runs import rerank_cost
+
+            announce(rerank_cost(scores, img, txt, card.k_test).text())
+        before = scores.stats
+        return (lambda i, c: scores(i, c)[0]), (lambda: scores.stats - before)
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, **self.data.describe(), "teacher": self.teacher_source,
+                "student": self.student_source, "student_kind": self.student_kind,
+                "store": str(self.store_path) if self.store_path else None}
+
+
+def open_karpathy_workspace(dataset: str, karpathy_json: str | Path, image_root: str | Path, *,
+                            teacher: str | None = None, student: str | None = None, student_kind: str = "clip",
+                            store: str | Path | None = None, device: str = "auto", max_images: int | None = None,
+                            restval_as_train: bool = False, teacher_cache_images: int | None = 2048
+                            ) -> KarpathyWorkspace:
+    """A :class:`KarpathyWorkspace`; ``teacher`` / ``student`` default to BLIP ITM fine-tuned on the dataset and CLIP
+    ViT-B/16. Nothing heavy is loaded yet (splits and models load on first use)."""
+    if karpathy_json is None or image_root is None:
+        raise ValueError(f"dataset {dataset!r} needs --karpathy-json PATH and --image-root PATH")
+    data = KarpathyData(dataset, Path(karpathy_json), Path(image_root), max_images, restval_as_train)
+    return KarpathyWorkspace(data, teacher or DEFAULT_TEACHERS[dataset], student or DEFAULT_STUDENT, student_kind,
+                             Path(store) if store else None, device, teacher_cache_images)
+
+
+# ------------------------------------------------------------------------------------------------ from a run
+
+
+def recorded_data(config: dict[str, Any]) -> dict[str, Any]:
+    """A run's ``config.json["data"]``; run folders written before the unified format are read too."""
+    if "data" in config:
+        return dict(config["data"])
+    if "real" in config:  # legacy real-data run folder
+        return {"kind": "karpathy", **config["real"]}
+    legacy = {k: config[k] for k in ("world", "teacher", "store") if k in config}
+    return {"kind": "builtin", **legacy} if legacy else {}
+
+
+def workspace_from_record(data: dict[str, Any], **overrides: Any) -> Workspace:
+    """Re-open the workspace a run recorded (``recorded_data``), with ``overrides`` (non-None values) on top.
+
+    Overrides for the built-in world: ``world_cfg``, ``teacher``, ``store``, ``device``; for real data the keyword
+    arguments of :func:`open_karpathy_workspace` plus ``dataset``.
+    """
+    given = {k: v for k, v in overrides.items() if v is not None}
+    kind = "karpathy" if given.get("dataset") not in (None, "builtin") else data.get("kind", "builtin")
+    if given.get("dataset") == "builtin":
+        kind = "builtin"
+    if kind == "builtin":
+        world = given.get("world_cfg") or WorldConfig(**data.get("world", {}))
+        teacher = given.get("teacher") or data.get("teacher", DEFAULT_TEACHER)
+        return open_workspace(world, teacher, given.get("store") or data.get("store"), given.get("device", "auto"))
+    keys = ("dataset", "karpathy_json", "image_root", "teacher", "student", "student_kind", "store", "device",
+            "max_images", "restval_as_train", "teacher_cache_images")
+    merged = {k: given.get(k, data.get(k)) for k in keys}
+    merged = {k: v for k, v in merged.items() if v is not None}
+    return open_karpathy_workspace(merged.pop("dataset"), merged.pop("karpathy_json", None),
+                                   merged.pop("image_root", None), **merged)
+

@@ -1,0 +1,174 @@
+"""Markdown rendering of ``findings.json`` into ``report.md`` (numbers only from the findings; no claims added).
+
+Tables are pandas DataFrames written with ``DataFrame.to_markdown``; a cell over seeds reads ``mean ± std`` (or
+``mean (1 seed)`` when the std is undefined).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pandas as pd
+
+from workbench.findings.verdicts import RULES
+
+HEADLINE_ORDER = ["itc", "kl", "mse", "ranknet", "listnet", "listmle", "cprd", "mined_itc", "negclip",
+                  "teacher_rerank"]
+TEACHER_RERANK = "teacher re-ranking the ITC student (k_test=16)"
+
+
+def cell(d: Mapping[str, Any] | None, digits: int = 1) -> str:
+    """``mean ± std`` of a :func:`~workbench.findings.stats.seed_stats` dict; ``–`` when missing."""
+    if not d or d.get("mean") is None:
+        return "–"
+    if d.get("std") is None:
+        return f"{d['mean']:.{digits}f} ({d.get('n', 1)} seed)"
+    return f"{d['mean']:.{digits}f} ± {d['std']:.{digits}f}"
+
+
+def _num(x: Any, digits: int = 2) -> str:
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """A Markdown table of ``rows`` (one dict per row, keys = column headers, in order)."""
+    return pd.DataFrame(rows).to_markdown(index=False) if rows else "(no rows)"
+
+
+def labels(f: dict) -> dict[str, str]:
+    """Variant name -> its label (from findings.json's plan table), plus the teacher re-ranker."""
+    return {k: v["label"] for k, v in f.get("variants", {}).items()} | {"teacher_rerank": TEACHER_RERANK}
+
+
+def retrieval_md(table: dict[str, dict], names: dict[str, str], order: Sequence[str] = HEADLINE_ORDER) -> str:
+    cols = ["r1_i2t", "r5_i2t", "r1_t2i", "r5_t2i", "rsum"]
+    keys = [k for k in order if k in table] + sorted(set(table) - set(order))
+    return markdown([{"method": names.get(k, k)} | {c.replace("_", " "): cell(table[k][c]) for c in cols}
+                     | {"seeds": table[k]["rsum"]["n"]} for k in keys])
+
+
+def distributions_md(dist: dict) -> str:
+    rows = []
+    for view, groups in dist.items():
+        if view == "per_query":
+            continue
+        for group in ("positive", "hard", "easy", "all"):
+            d = groups.get(group)
+            if d:
+                rows.append({"scores": view, "group": group, "n": d["n"], "skewness": _num(d.get("skewness")),
+                             "excess kurtosis": _num(d.get("excess_kurtosis")),
+                             "mass near extremes": _num(d.get("mass_extremes")),
+                             "Shapiro W": _num(d.get("shapiro_w"), 3)})
+    return markdown(rows)
+
+
+def agreement_md(agreement: dict) -> str:
+    pairs = {"teacher_student": "teacher vs student", "teacher_relevance": "teacher vs truth",
+             "student_relevance": "student vs truth"}
+    return markdown([{"direction": d, "window": w} | {label: f"{_num(a[w][p]['mean'])} (n={a[w][p]['n']})"
+                                                      for p, label in pairs.items()}
+                     for d, a in agreement.items() for w in ("hard", "easy")])
+
+
+def validity_md(v: dict) -> str:
+    rows = []
+    for name, d in v.items():
+        s = d["slates"].get("i2t", {})
+        rows.append({"rule": d.get("label", name), "kept / query (i2t)": _num(s.get("kept_per_query")),
+                     "truth of kept (i2t)": _num(s.get("relevance_kept")),
+                     "truth of dropped (i2t)": _num(s.get("relevance_dropped")), "RSUM": cell(d["rsum"])})
+    return ("Truth = mean graded relevance (fraction of the caption's facts true) of the hard negatives each rule "
+            "keeps / drops on the ITC student's test slates.\n\n" + markdown(rows))
+
+
+def controls_md(retrieval: dict, names: dict[str, str], variants: dict[str, dict]) -> str:
+    keys = ["itc", "cprd"] + [k for k, v in variants.items() if v["group"] in ("baselines", "controlled", "levers")]
+    return markdown([{"run": names.get(k, k), "R@1 i2t": cell(retrieval[k]["r1_i2t"]),
+                      "R@1 t2i": cell(retrieval[k]["r1_t2i"]), "RSUM": cell(retrieval[k]["rsum"]),
+                      "seeds": retrieval[k]["rsum"]["n"]} for k in keys if k in retrieval])
+
+
+def _verdict(f: dict, key: str) -> str:
+    ok = f["verdicts"][key]
+    return f"**Verdict: {'reproduced' if ok else 'not reproduced'}** on this world (rule: {RULES[key]})"
+
+
+def _headline_text(h: dict) -> str:
+    if not h.get("available"):
+        return ""
+    return (f"CPRD − ITC: {h['gain_rsum']:+.1f} RSUM (seed std {h['std']:.1f}; beats ITC by > 2 std: "
+            f"{'yes' if h['beats_itc_by_2std'] else 'no'}). The teacher re-ranker is {h['gap_rsum']:+.1f} RSUM "
+            f"above ITC; CPRD closes {100 * (h['gap_closed'] or 0):.0f}% of that gap (target ≥ 30%: "
+            f"{'met' if h['closes_30pct'] else 'not met'}).")
+
+
+def _intro(f: dict, profile) -> list[str]:
+    teacher = f.get("teacher") or {}
+    mp = teacher.get("minimal_pairs", {})
+    return [
+        f"# Reproducing the paper's findings on the built-in world ({f['profile']} profile)",
+        f"Profile `{profile.name}`: {profile.steps} training steps per student, {profile.seeds} seeds for the headline "
+        f"table ({profile.extra_seeds} for the other groups); wall time {f['seconds'] / 60:.1f} min. Mean ± std over "
+        "seeds; test split; semantic protocol (a hit is any item for which the caption is true) unless marked COCO.",
+        "Teacher (committed checkpoint) minimal-pair accuracy on test: "
+        + ", ".join(f"{k} {v:.1f}%" for k, v in mp.items())
+        + f"; graded Spearman {_num(teacher.get('graded_spearman'), 3)}.",
+    ]
+
+
+def _finding1(f: dict, figures: dict[str, str], names: dict[str, str]) -> list[str]:
+    f1 = f["finding1"]
+    spread = f1["scale_spread"]
+    scale_lines = [f"- {m}: " + ", ".join(f"{v} {cell(s)}" for v, s in d.items())
+                   + (f" (spread / seed std: {_num(spread[m].get('spread_over_std'))})" if m in spread else "")
+                   for m, d in f1["scale_check"].items()]
+    return ["## Finding 1: score distributions (teacher concentrated, student near normal)",
+            distributions_md(f1["distributions"]["i2t"]),
+            f"![histograms]({figures.get('finding1_histograms', '')}) ![qq]({figures.get('finding1_qq', '')})",
+            "RSUM with each kind of distillation: "
+            + ", ".join(f"{names.get(k, k)} {cell(v)}" for k, v in f1["kd_rsum"].items()) + ".",
+            "Scale check (same method, teacher scores fed as logits / probabilities / logits ÷ 4):",
+            "\n".join(scale_lines), _verdict(f, "finding1")]
+
+
+def _finding2(f: dict, figures: dict[str, str]) -> list[str]:
+    f2 = f["finding2"]
+    return ["## Finding 2: only the order among hard negatives carries knowledge",
+            "Mean per-query Kendall τ-b (n = queries where τ is defined):", agreement_md(f2["agreement"]),
+            f"![tau]({figures.get('finding2_tau', '')})",
+            "Rank distillation (ListMLE) over which negatives, RSUM: "
+            + ", ".join(f"{k} {cell(v)}" for k, v in f2["ablation_rsum"].items()) + ".",
+            _verdict(f, "finding2")]
+
+
+def _finding3(f: dict, figures: dict[str, str], names: dict[str, str]) -> list[str]:
+    f3 = f["finding3"]
+    return ["## Finding 3: coordination with ITC",
+            "Each method added to ITC at weight 1, RSUM: "
+            + ", ".join(f"{names.get(k, k)} {cell(v)}" for k, v in f3["methods_rsum"].items()) + ".",
+            "λ sweep for CPRD (RSUM): " + ", ".join(f"λ={float(k):g}: {cell(v)}" for k, v in f3["lambda_sweep"].items())
+            + ".",
+            "Mean cosine between the gradient of ITC and of each term (fixed probe batch, over training): "
+            + ", ".join(f"{k} {v['mean']:+.3f}" for k, v in f3["gradient_cosine"].items()) + ".",
+            f"![cos]({figures.get('finding3_gradient_cosine', '')}) ![lambda]({figures.get('finding3_lambda', '')})",
+            _verdict(f, "finding3")]
+
+
+def render_report(f: dict, profile, figures: dict[str, str]) -> str:
+    """The whole ``report.md`` of a reproduce run from its ``findings.json`` content ``f``."""
+    names = labels(f)
+    parts = _intro(f, profile) + [
+        f"![world]({figures.get('world_examples', '')})",
+        "## Headline: retrieval (semantic protocol)", retrieval_md(f["retrieval"], names),
+        "COCO protocol (a hit is only the item's own caption / image):", retrieval_md(f["retrieval_coco"], names),
+        _headline_text(f["headline"]), f"![headline]({figures.get('headline_rsum', '')})",
+    ]
+    parts += _finding1(f, figures, names) + _finding2(f, figures) + _finding3(f, figures, names)
+    parts += ["## Beyond the paper: which hard negatives should be valid?", validity_md(f["validity"]),
+              "## Controls: which teacher order can the student learn?",
+              controls_md(f["retrieval"], names, f.get("variants", {})),
+              "## Every run (RSUM, semantic)",
+              "\n".join(f"- `{name}` ({v['group']}): {cell(f['retrieval'].get(name, {}).get('rsum'))}"
+                        for name, v in f.get("variants", {}).items())]
+    return "\n\n".join(p for p in parts if p) + "\n"

@@ -1,0 +1,102 @@
+"""Figures inside widgets, and the shared controls: ``FigureView`` redraws a matplotlib figure when its controls
+change; ``loss_param_controls`` makes one control per hyperparameter of a registered loss.
+
+Figures are rendered with matplotlib's Agg backend into ``ipywidgets.Image`` PNGs: this works the same in
+JupyterLab, in a headless test (``widget.value`` holds the bytes) and from a training thread. Anything slow
+redraws only on release (``continuous_update=False``) or on a button.
+
+    view = FigureView(draw, {"k": IntSlider(...)})   # draw(**values) -> matplotlib Figure; redrawn on change
+"""
+
+from __future__ import annotations
+
+import html
+import io
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import ipywidgets as W
+from matplotlib.figure import Figure
+
+from workbench.losses import loss_spec
+from workbench.losses.cprd import VALIDITY_RULES
+
+SLOW = {"continuous_update": False}
+
+
+WIDE = {"description_width": "initial"}
+
+
+def figure_png(fig: Figure, dpi: int = 100) -> bytes:
+    """PNG bytes of a matplotlib figure (rendered off-screen; the figure is not shown or kept)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def new_figure(width: float, height: float) -> Figure:
+    """A figure outside pyplot's registry (no inline echo, no leak when redrawn many times)."""
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def loss_param_controls(name: str, exclude: Sequence[str] = ()) -> dict[str, W.Widget]:
+    """One widget per hyperparameter of registered loss ``name``, from ``loss_spec`` (choices -> dropdown,
+    bool -> checkbox, int/float -> number box, else text), each starting at the default."""
+    out = {}
+    for key, p in loss_spec(name).params.items():
+        if key in exclude:
+            continue
+        if p.choices is not None:
+            w = W.Dropdown(options=list(p.choices), value=p.default, description=key)
+        elif p.kind is str and key == "validity":  # CPRD's rule: a live set of names
+            w = W.Dropdown(options=list(VALIDITY_RULES), value=p.default, description=key)
+        elif p.kind is bool:
+            w = W.Checkbox(value=bool(p.default), description=key, indent=False)
+        elif p.kind is int:
+            w = W.IntText(value=p.default, description=key)
+        elif p.kind is float:
+            w = W.FloatText(value=p.default, description=key)
+        else:
+            w = W.Text(value="" if p.default is None else str(p.default), description=key)
+        w.style.description_width = "initial"
+        w.layout.width = "200px"
+        if p.rule is not None:
+            w.tooltip = f"{key} {p.rule.text}"
+        out[key] = w
+    return out
+
+
+class FigureView:
+    """Controls plus a figure redrawn whenever one of them changes: ``draw(**values) -> Figure``.
+
+    Attributes:
+        controls: name -> widget (their ``value`` s are passed to ``draw`` by name).
+        image: the ``ipywidgets.Image`` holding the PNG; error: an HTML line showing a failed draw.
+        widget: the whole box (displayed when the object is the last value of a cell).
+    """
+
+    def __init__(self, draw: Callable[..., Figure], controls: Mapping[str, W.Widget], *, columns: int = 3,
+                 dpi: int = 100):
+        self.draw, self.controls, self.dpi = draw, dict(controls), dpi
+        self.image = W.Image(format="png")
+        self.error = W.HTML()
+        rows = [W.HBox(list(self.controls.values())[i : i + columns]) for i in range(0, len(self.controls), columns)]
+        self.widget = W.VBox([*rows, self.error, self.image])
+        for w in self.controls.values():
+            w.observe(self.update, names="value")
+        self.update()
+
+    @property
+    def values(self) -> dict[str, Any]:
+        return {name: w.value for name, w in self.controls.items()}
+
+    def update(self, change: Any = None) -> None:
+        """Redraw (called on every control change); a failing draw shows its error instead of raising."""
+        try:
+            self.image.value = figure_png(self.draw(**self.values), self.dpi)
+            self.error.value = ""
+        except (ValueError, TypeError) as err:
+            self.error.value = f"<span style='color:#b00'>{html.escape(str(err))}</span>"
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        return self.widget._repr_mimebundle_(**kwargs)
