@@ -83,16 +83,16 @@ def test_bad_hyperparameter_values_raise_at_get_loss(name, kw, error, pattern):
 def test_loss_object_records_name_and_all_hyperparameters():
     loss = get_loss("cprd", validity="top", temperature=2)
     assert loss.name == "cprd"
-    assert loss.hparams == {"validity": "top", "threshold": 0.5, "m": 4, "temperature": 2.0, "normalize": "none"}
+    assert loss.hparams == {"validity": "top", "threshold": 0.5, "m": 4, "temperature": 2.0, "normalize": "steps"}
     assert isinstance(loss.hparams["temperature"], float)  # ints widened for float hyperparameters
-    assert repr(loss) == "cprd(validity='top', threshold=0.5, m=4, temperature=2.0, normalize='none')"
+    assert repr(loss) == "cprd(validity='top', threshold=0.5, m=4, temperature=2.0, normalize='steps')"
     assert loss == get_loss("cprd", validity="top", temperature=2.0) != get_loss("cprd")
     assert len({loss, get_loss("cprd", validity="top", temperature=2.0)}) == 1
 
 
 def test_loss_signature():
     assert loss_signature("cprd") == {"validity": "threshold", "threshold": 0.5, "m": 4, "temperature": 1.0,
-                                      "normalize": "none"}
+                                      "normalize": "steps"}
     assert loss_signature("kl") == {"teacher_temperature": 1.0, "student_temperature": 1.0}
     assert loss_signature("infonce") == {}
     params = loss_spec("cprd").params

@@ -122,31 +122,60 @@ P = [[T, F_, F_, F_, F_]]
 
 def test_listmle_by_hand():
     expected = nll(1, 2, -1, 0) + nll(2, -1, 0) + nll(-1, 0)  # the last step, 0 alone, is -log 1 = 0
-    assert one("listmle", S, U, P) == pytest.approx(expected)
+    assert one("listmle", S, U, P, normalize="none") == pytest.approx(expected)
+    assert one("listmle", S, U, P) == pytest.approx(expected / 4)  # the default: the mean of its 4 steps
     half = [[x / 2 for x in S[0]]]
     assert one("listmle", S, U, P, temperature=2.0) == pytest.approx(one("listmle", half, U, P))
 
 
 def test_cprd_by_hand():
     step1, step2 = nll(1, 2, -1, 0), nll(2, -1, 0)
-    assert one("cprd", S, U, P) == pytest.approx(step1 + step2)  # threshold 0.5: 0.9 and 0.7 are valid
-    assert one("cprd", S, U, P, threshold=0.8) == pytest.approx(step1)
-    assert one("cprd", S, U, P, threshold=0.7) == pytest.approx(step1 + step2)  # u >= threshold is valid
-    assert one("cprd", S, U, P, threshold=0.95) == 0  # no valid hard negative
-    assert one("cprd", S, U, P, validity="top", m=1) == pytest.approx(step1)
-    assert one("cprd", S, U, P, validity="top", m=3) == pytest.approx(step1 + step2 + nll(-1, 0))
+
+    def summed(**kw) -> float:
+        return one("cprd", S, U, P, normalize="none", **kw)
+
+    assert one("cprd", S, U, P) == pytest.approx((step1 + step2) / 2)  # the default averages its steps
+    assert summed() == pytest.approx(step1 + step2)  # threshold 0.5: 0.9 and 0.7 are valid
+    assert summed(threshold=0.8) == pytest.approx(step1)
+    assert summed(threshold=0.7) == pytest.approx(step1 + step2)  # u >= threshold is valid
+    assert summed(threshold=0.95) == 0  # no valid hard negative
+    assert summed(validity="top", m=1) == pytest.approx(step1)
+    assert summed(validity="top", m=3) == pytest.approx(step1 + step2 + nll(-1, 0))
     assert one("cprd", S, U, P, validity="all") == pytest.approx(one("listmle", S, U, P))
-    assert one("cprd", S, U, P, normalize="steps") == pytest.approx((step1 + step2) / 2)
     halved = nll(0.5, 1, -0.5, 0) + nll(1, -0.5, 0)
-    assert one("cprd", S, U, P, temperature=2.0) == pytest.approx(halved)
+    assert summed(temperature=2.0) == pytest.approx(halved)
+
+
+def test_cprd_chain_by_hand():
+    """Positive first, then the valid negatives in teacher order, the rest below: steps averaged by default."""
+    step0 = nll(3, 1, 0, 2, -1)  # the positive (3) against the whole slate
+    step1, step2 = nll(1, 2, -1, 0), nll(2, -1, 0)  # then CPRD's top-2 (columns 1 and 3)
+    chain = one("cprd_chain", S, U, P, validity="top", m=2, normalize="none")
+    assert chain == pytest.approx(step0 + step1 + step2)
+    assert one("cprd_chain", S, U, P, validity="top", m=2) == pytest.approx((step0 + step1 + step2) / 3)
+    itc_plus_cprd = one("infonce", S, U, P) + one("cprd", S, U, P, validity="top", m=2, normalize="none")
+    assert chain == pytest.approx(itc_plus_cprd)
+
+
+def test_cprd_chain_equals_infonce_plus_cprd_on_random_slates():
+    """Equal on rows that hold a positive (a chain starts at the positive; rows without one contribute 0)."""
+    for seed in range(3):
+        slates = random_slates(seed)
+        slates["valid"][:, 0] = True  # every row's positive exists (row 3 was all padding: NaN scores)
+        slates["student"][:, 0], slates["teacher"][:, 0] = 1.5, 0.9
+        for kw in ({"validity": "top", "m": 3}, {"validity": "all"}, {"validity": "threshold", "threshold": 0.4}):
+            chain = loss_value("cprd_chain", slates, normalize="none", **kw)
+            itc = get_loss("infonce")(make_batch(slates, grad=False))["itc_loss"]
+            parts = itc + loss_value("cprd", slates, normalize="none", **kw)
+            torch.testing.assert_close(chain, parts)
 
 
 def test_cprd_ties_put_the_lower_slate_index_first():
     u = [[0.99, 0.7, 0.2, 0.7, 0.4]]  # columns 1 and 3 tie: 1 first, then 3
-    assert one("cprd", S, u, P) == pytest.approx(nll(1, 2, -1, 0) + nll(2, -1, 0))
+    assert one("cprd", S, u, P, normalize="none") == pytest.approx(nll(1, 2, -1, 0) + nll(2, -1, 0))
     u = [[0.99, 0.7, 0.2, 0.7, 0.4]]
     s_swapped = [[3.0, 2.0, 0.0, 1.0, -1.0]]  # now column 1 holds 2 and column 3 holds 1
-    assert one("cprd", s_swapped, u, P) == pytest.approx(nll(2, 1, -1, 0) + nll(1, -1, 0))
+    assert one("cprd", s_swapped, u, P, normalize="none") == pytest.approx(nll(2, 1, -1, 0) + nll(1, -1, 0))
 
 
 def test_cprd_batch_mean_counts_rows_without_valid_negatives():
@@ -166,7 +195,7 @@ def naive_steps(s, u, pos, valid, i, validity, threshold, m):
     return negs, J[validity]
 
 
-def naive_cprd(batch, validity="threshold", threshold=0.5, m=4, temperature=1.0, normalize="none"):
+def naive_cprd(batch, validity="threshold", threshold=0.5, m=4, temperature=1.0, normalize="steps"):
     s, u, pos, valid = batch.student, batch.teacher, batch.positive, batch.mask
     rows = []
     for i in range(s.shape[0]):
@@ -214,8 +243,8 @@ CPRD_SETTINGS = [
     {"validity": "top", "m": 1},
     {"validity": "top", "m": 3, "temperature": 0.5},
     {"validity": "all"},
-    {"normalize": "steps"},
-    {"validity": "top", "m": 2, "normalize": "steps", "temperature": 2.0},
+    {"normalize": "none"},
+    {"validity": "top", "m": 2, "normalize": "none", "temperature": 2.0},
 ]
 
 
@@ -249,10 +278,11 @@ def test_cprd_on_long_slates_with_heavy_ties(ordering):
 @pytest.mark.parametrize("make", [random_slates, with_ties], ids=["distinct", "ties"])
 @pytest.mark.parametrize("temperature", [1.0, 0.3])
 def test_listmle_matches_naive_loop(make, temperature, ordering):
-    def oracle(batch, temperature):
-        return naive_cprd(batch, validity="all", temperature=temperature)
+    def oracle(batch, temperature, normalize="steps"):
+        return naive_cprd(batch, validity="all", temperature=temperature, normalize=normalize)
 
     assert_matches_oracle("listmle", oracle, make(4), temperature=temperature)
+    assert_matches_oracle("listmle", oracle, make(5), temperature=temperature, normalize="none")
 
 
 @pytest.mark.parametrize("make", [random_slates, with_ties], ids=["distinct", "ties"])
@@ -371,5 +401,5 @@ def test_cprd_normalize_steps_divides_each_row_by_its_steps():
     assert (steps >= 2).any() and (steps == 0).any()
     for i, J in enumerate(steps.tolist()):
         row = {k: v[i : i + 1] for k, v in slates.items()}
-        expected = loss_value("cprd", row) / max(J, 1)
+        expected = loss_value("cprd", row, normalize="none") / max(J, 1)
         torch.testing.assert_close(loss_value("cprd", row, normalize="steps"), expected)

@@ -33,6 +33,9 @@ PAIRS = {"teacher_student": ("teacher", "student"), "teacher_relevance": ("teach
          "student_relevance": ("student", "relevance")}
 """The compared orders: name -> (first, second)."""
 WINDOWS = ("hard", "easy")
+"""The windows of a query's slate the agreement analyses compare."""
+VIEW_WINDOWS = ("hard", "easy", "hard+easy")
+"""The windows :func:`window_mask` (and the query viewer) can show."""
 
 
 def kendall_tau_rows(a: ArrayLike, b: ArrayLike, valid: ArrayLike | None = None, *, block: int = 1 << 20
@@ -139,12 +142,10 @@ def agreement_summary(
     return out
 
 
-WINDOWS = ("hard", "easy", "hard+easy")
-
 
 def window_mask(slates: EvalSlates, window: str) -> torch.Tensor:
     """bool [Q, L]: the entries of ``window`` (``"hard"``, ``"easy"`` or ``"hard+easy"``)."""
-    check_choice("window", window, WINDOWS)
+    check_choice("window", window, VIEW_WINDOWS)
     return {"hard": slates.hard, "easy": slates.easy, "hard+easy": slates.hard | slates.easy}[window]
 
 

@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 
 from workbench.checks import check_choice, check_int
 from workbench.evaluation.slates import EvalSlates
-from workbench.findings.agreement import PAIRS, WINDOWS, kendall_tau_rows, window_mask, window_ranks
+from workbench.findings.agreement import PAIRS, VIEW_WINDOWS, kendall_tau_rows, window_mask, window_ranks
 from workbench.interactive.figure_view import SLOW, WIDE, FigureView, new_figure
 
 QUERY_COLUMNS = {"role": "role", "candidate": "candidate", "text": "text", "student_rank": "student rank",
@@ -74,7 +74,7 @@ class QueryViewer:
         controls = {
             "direction": W.ToggleButtons(options=list(self.slates), description="direction", style=WIDE),
             "query": W.IntSlider(value=0, min=0, max=len(first.student) - 1, description="query", style=WIDE, **SLOW),
-            "window": W.ToggleButtons(options=list(WINDOWS), value="hard", description="negatives", style=WIDE),
+            "window": W.ToggleButtons(options=list(VIEW_WINDOWS), value="hard", description="negatives", style=WIDE),
             "order": W.Dropdown(options=list(ORDERS), value="teacher", description="sort by", style=WIDE),
         }
         self._query_slider = controls["query"]

@@ -26,7 +26,7 @@ from workbench.losses.registry import (
 from workbench.scores.batch import ScoreBatch
 
 # Importing the families registers their losses (in this order: the README table follows it).
-from workbench.losses import infonce, logit_kd, ranking, cprd  # noqa: E402, F401, I001  isort: skip
+from workbench.losses import infonce, logit_kd, ranking, cprd, cprd_chain  # noqa: E402, F401, I001  isort: skip
 
 __all__ = [
     "HParam",

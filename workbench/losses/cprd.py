@@ -6,9 +6,10 @@ the student learns the teacher's order over the *valid* hard negatives with Info
 Formula (per query i; its slate's negatives ``valid & ~positive`` sorted by teacher score u descending, ties:
 lower slate index first -> c_1 ... c_n; the validity rule picks J <= n)::
 
-    l_i = sum_{j=1..J} -log( exp(s[i, c_j] / T) / sum_{k=j..n} exp(s[i, c_k] / T) )
+    l_i = (1 / J) sum_{j=1..J} -log( exp(s[i, c_j] / T) / sum_{k=j..n} exp(s[i, c_k] / T) )
     L   = mean_i l_i      (over all B rows; rows with J = 0 contribute 0)
-    normalize="steps":  l_i / J instead of l_i (the plain sum weighs rows by how many valid negatives they have)
+    normalize="none":  the plain sum of the J steps instead of their mean (the default until the fair-test issue:
+                       it weighs rows by how many valid negatives they have and puts the loss at ~J x ITC's scale)
 
 Validity rules (``VALIDITY_RULES``; the paper leaves the choice open, so it is a parameter):
     "threshold": c_j is valid if u[i, c_j] >= threshold (teacher units: a probability or a logit).
@@ -111,7 +112,7 @@ def cprd(
     threshold: float = 0.5,
     m: int = 4,
     temperature: float = 1.0,
-    normalize: Literal["none", "steps"] = "none",
+    normalize: Literal["none", "steps"] = "steps",
 ) -> dict[str, torch.Tensor]:
     """Contrastive partial ranking distillation: the teacher's order over the valid hard negatives."""
     select = partial(valid_negatives, validity=validity, threshold=threshold, m=m)

@@ -5,7 +5,8 @@ Formulas (per query i; ``N_i`` = the slate's negatives ``valid & ~positive``; s 
     ranknet:  L = mean over all (i, a, b), a, b in N_i, u_ia > u_ib, of  log(1 + exp(-(s_ia - s_ib) / T))
     listnet:  l_i = - sum_{k in N_i} softmax_{N_i}(u / T_t)_k * log softmax_{N_i}(s / T)_k,    L = mean_i l_i
     listmle:  sort N_i by u descending (ties: lower slate index first) -> c_1 ... c_n;
-              l_i = sum_{j=1..n} -log( exp(s[i, c_j] / T) / sum_{k=j..n} exp(s[i, c_k] / T) ),    L = mean_i l_i
+              l_i = (1 / n) sum_{j=1..n} -log( exp(s[i, c_j] / T) / sum_{k=j..n} exp(s[i, c_k] / T) ),
+              L = mean_i l_i        (normalize="none": the sum of the n steps, ~log n! at equal scores)
 
 Shapes: s, u float [B, L]; positive, valid bool [B, L]. Means over rows are over all B rows (a row with no
 negatives contributes 0); ranknet averages over all ordered pairs of the batch (0 if there are none; teacher ties
@@ -32,6 +33,7 @@ Relations:
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -78,9 +80,11 @@ def listnet(
 
 
 @register_loss("listmle", checks={"temperature": positive()})
-def listmle(batch: ScoreBatch, *, temperature: float = 1.0) -> dict[str, torch.Tensor]:
-    """Plackett-Luce negative log-likelihood of the teacher's full order of the negatives."""
-    return {"distill_loss": partial_listmle(batch, all_negatives, temperature=temperature, loss="listmle")}
+def listmle(batch: ScoreBatch, *, temperature: float = 1.0,
+            normalize: Literal["none", "steps"] = "steps") -> dict[str, torch.Tensor]:
+    """Plackett-Luce negative log-likelihood of the teacher's full order of the negatives (mean over its steps)."""
+    value = partial_listmle(batch, all_negatives, temperature=temperature, normalize=normalize, loss="listmle")
+    return {"distill_loss": value}
 
 
 def all_negatives(key: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
