@@ -115,3 +115,32 @@ def test_agreement_taus_is_rowwise_kendall_over_each_window() -> None:
     np.testing.assert_allclose(taus["easy"]["student_relevance"], _scipy_rows(student, rel, easy), equal_nan=True)
     with pytest.raises(ValueError, match="relevance must have shape"):
         agreement_taus(teacher, student, rel[:, :3], hard, easy)
+
+
+def test_accuracy_by_gap_hand_case():
+    from workbench.findings.agreement import accuracy_by_gap
+
+    teacher = np.array([[3.0, 2.0, 1.0, 0.0], [0.0, 1.0, 2.0, 5.0]])
+    relevance = np.array([[1.0, 0.5, 0.5, 0.0], [1.0, 0.5, 0.0, 0.0]])
+    mask = np.array([[True, True, True, True], [True, True, True, False]])
+    out = accuracy_by_gap(teacher, relevance, mask, resamples=50)
+    # row 0: gaps .5 (0-1, 0-2, 1-3, 2-3: all right), 1.0 (0-3: right), tie (1-2); row 1: gap .5 (0-1, 1-2: wrong),
+    # gap 1.0 (0-2: wrong)
+    assert out["gap 0.50"]["pairs"] == 6 and out["gap 0.50"]["accuracy"] == pytest.approx(4 / 6)
+    assert out["gap 1.00"]["pairs"] == 2 and out["gap 1.00"]["accuracy"] == pytest.approx(1 / 2)
+    assert out["tie"] == {"pairs": 1, "share": pytest.approx(1 / 9)}
+    low, high = out["gap 0.50"]["ci95"]
+    assert 0.0 <= low <= 4 / 6 <= high <= 1.0
+
+
+def test_tie_stability_same_reversed_and_ties():
+    from workbench.findings.agreement import tie_stability
+
+    a = np.array([[1.0, 2.0, 3.0, 4.0]])
+    relevance = np.array([[0.0, 0.0, 0.0, 1.0]])  # three tied entries, one above them
+    mask = np.ones_like(a, dtype=bool)
+    assert tie_stability(a, a, relevance, mask)["tied"] == {"pairs": 3, "same_order": 1.0}
+    flipped = np.array([[3.0, 2.0, 1.0, 4.0]])  # the tie order reversed, the informative order kept
+    out = tie_stability(a, flipped, relevance, mask)
+    assert out["tied"]["same_order"] == 0.0 and out["untied"] == {"pairs": 3, "same_order": 1.0}
+    assert tie_stability(a, np.array([[1.0, 1.0, 1.0, 4.0]]), relevance, mask)["tied"]["same_order"] == 0.5

@@ -191,3 +191,47 @@ def test_probe_callback_logs_into_fit_history(world) -> None:
     for row in state.history:
         assert isinstance(row["cos_cprd"], float) and isinstance(row["cos_kl"], float)
     assert state.history[0]["cos_cprd"] != state.history[1]["cos_cprd"]  # the student moved between probes
+
+
+# ------------------------------------------------------------------- like with like: slate pushes, held-out steps
+
+
+def _slate(B: int = 4, L: int = 6, seed: int = 0):
+    from workbench.losses import ScoreBatch
+
+    g = torch.Generator().manual_seed(seed)
+    positive = torch.zeros(B, L, dtype=torch.bool)
+    positive[:, 0] = True
+    return ScoreBatch(student=torch.randn(B, L, generator=g) * 3, positive=positive,
+                      teacher=torch.randn(B, L, generator=g) * 2)
+
+
+def test_slate_pushes_hand_signs() -> None:
+    """ITC against itself: never in conflict; its negation: conflict everywhere; CPRD leaves the positive alone."""
+    from workbench.findings.coordination import slate_pushes
+    from workbench.losses import get_loss
+
+    batch = _slate()
+    anti = lambda b: {"anti_loss": -get_loss("infonce")(b)["itc_loss"]}  # noqa: E731
+    out = slate_pushes(batch, {"anti": anti, "cprd": get_loss("cprd", validity="top", m=2)})
+    assert out["infonce"] == {"neg_up": 0.0, "above_pos": 0.0, "pos_down": 0.0}
+    assert out["anti"] == {"neg_up": 1.0, "above_pos": 1.0, "pos_down": 1.0}
+    assert out["cprd"]["pos_down"] == 0.0 and 0.0 < out["cprd"]["neg_up"] < 1.0  # it lifts its top-ranked negatives
+    assert out["cprd"]["above_pos"] == out["cprd"]["neg_up"]  # the positive's push is 0: any lift shrinks a margin
+
+
+def test_held_out_itc_change_follows_the_gradient_and_restores_the_model() -> None:
+    from workbench.findings.coordination import held_out_itc_change
+
+    model = TwoTowers()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    x = torch.linspace(-1, 1, 8).reshape(2, 4)
+
+    def held_out() -> torch.Tensor:
+        return ((model.left(x) - model.right(x)) ** 2).sum()
+
+    loss = held_out()
+    terms = {"same": 2.0 * loss, "opposite": -loss, "unrelated": (model.frozen * 0.0).sum()}
+    out = held_out_itc_change(model, terms, held_out, step=0.01, skip=("scale",))
+    assert out["same"] < 0 < out["opposite"] and out["unrelated"] is None
+    assert all(torch.equal(before[n], p) for n, p in model.named_parameters())

@@ -225,3 +225,76 @@ def agreement_table(summaries: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
                 rows[(direction, window, pair)] = {"mean": s["mean"], "std": s["std"], "n": s["n"],
                                                    "p_zero": s["p_zero"]}
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis(["direction", "window", "pair"])
+
+
+def _pairs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(first column [P], second column [P], both masked bool [Q, P]) of every unordered column pair."""
+    i, j = np.triu_indices(mask.shape[1], 1)
+    return i, j, mask[:, i] & mask[:, j]
+
+
+def accuracy_by_gap(teacher: ArrayLike, relevance: ArrayLike, mask: ArrayLike, *, resamples: int = 1000,
+                    seed: int = 0) -> dict[str, dict[str, Any]]:
+    """The teacher's pairwise accuracy against the truth, by the pair's relevance gap, ties counted apart.
+
+    Over every pair of masked entries of every row: a pair with ``|r_a - r_b| > 0`` has a right order (the truth's);
+    the teacher gets it right (1), wrong (0) or ties it (1/2). Pairs the truth ties have no right order: only
+    counted (how much of the window a tie-breaking order — what the paper calls noise — would decide).
+
+    Args:
+        teacher: float [Q, L] scores; relevance: float [Q, L] graded truth; mask: bool [Q, L] (a window).
+        resamples: bootstrap resamples of the queries for the 95 % interval (pairs within a query are not
+            independent, so queries are resampled).
+
+    Returns:
+        ``{"gap 0.33": {"pairs", "accuracy", "ci95"}, ..., "tie": {"pairs", "share"}}`` (gaps rounded to 2
+        decimals; ``share`` = tied pairs / all pairs).
+    """
+    u = as_array("teacher", teacher, ndim=2)
+    r = as_array("relevance", relevance, shape=u.shape)
+    m = as_mask("mask", mask, u.shape)
+    i, j, both = _pairs(m)
+    gap = np.round(np.abs(r[:, i] - r[:, j]), 2)
+    truth, order = np.sign(r[:, i] - r[:, j]), np.sign(u[:, i] - u[:, j])
+    right = np.where(order == truth, 1.0, np.where(order == 0, 0.5, 0.0))
+    rng = np.random.default_rng(seed)
+    out: dict[str, dict[str, Any]] = {}
+    for g in np.unique(gap[both & (gap > 0)]):
+        sel = both & (gap == g)
+        hits, counts = (right * sel).sum(1), sel.sum(1)  # per query [Q]
+        rows = rng.integers(0, len(counts), (resamples, len(counts)))
+        boot = hits[rows].sum(1) / np.maximum(counts[rows].sum(1), 1)
+        out[f"gap {g:.2f}"] = {"pairs": int(counts.sum()), "accuracy": number(hits.sum() / counts.sum()),
+                               "ci95": [number(np.quantile(boot, 0.025)), number(np.quantile(boot, 0.975))]}
+    ties = both & (gap == 0)
+    out["tie"] = {"pairs": int(ties.sum()), "share": number(ties.sum() / max(both.sum(), 1))}
+    return out
+
+
+def tie_stability(teacher_a: ArrayLike, teacher_b: ArrayLike, relevance: ArrayLike, mask: ArrayLike
+                  ) -> dict[str, Any]:
+    """How often two teachers (e.g. two training seeds) order a pair the same way, within relevance ties and across.
+
+    Within a tie the truth has no order, so an order shared by independently trained teachers is knowledge they
+    both picked up (or a bias of the recipe), and 0.5 means each teacher's tie order is its own noise.
+
+    Args:
+        teacher_a, teacher_b: float [Q, L] two teachers' scores of the same entries; relevance: float [Q, L];
+            mask: bool [Q, L].
+
+    Returns:
+        ``{"tied": {"pairs", "same_order"}, "untied": {"pairs", "same_order"}}``: the share of pairs both teachers
+        order the same way (a pair either teacher ties counts 1/2).
+    """
+    a = as_array("teacher_a", teacher_a, ndim=2)
+    b = as_array("teacher_b", teacher_b, shape=a.shape)
+    r = as_array("relevance", relevance, shape=a.shape)
+    i, j, both = _pairs(as_mask("mask", mask, a.shape))
+    sa, sb = np.sign(a[:, i] - a[:, j]), np.sign(b[:, i] - b[:, j])
+    same = np.where((sa == 0) | (sb == 0), 0.5, (sa == sb).astype(np.float64))
+    tied = r[:, i] == r[:, j]
+    out = {}
+    for name, sel in (("tied", both & tied), ("untied", both & ~tied)):
+        n = int(sel.sum())
+        out[name] = {"pairs": n, "same_order": number((same * sel).sum() / n) if n else None}
+    return out

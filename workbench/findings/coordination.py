@@ -24,10 +24,11 @@ from workbench.checks import check_int
 from workbench.data.nearmiss import build_near_misses
 from workbench.data.world import World
 from workbench.findings.stats import number
+from workbench.losses import ScoreBatch
 from workbench.models.student import DualEncoder
 from workbench.training.batches import sample_pairs
 from workbench.training.config import ITC, FitConfig
-from workbench.training.loop import MiningPools, batch_terms, needs_teacher
+from workbench.training.loop import MiningPools, batch_terms, needs_teacher, objective
 
 Params = nn.Module | Iterable[tuple[str, torch.Tensor]]
 
@@ -179,3 +180,90 @@ class CoordinationProbe:
             row.update(self.measure(student))
 
         return add_to_row
+
+
+# ---------------------------------------------------------------------------- like with like (issue 14, Finding 3)
+
+
+def slate_pushes(batch: ScoreBatch, losses: Mapping[str, Callable], *, reference: str = "infonce"
+                 ) -> dict[str, dict[str, float | None]]:
+    """What each loss asks of the student's scores on one shared slate, compared with ITC on the same slate.
+
+    Gradient descent moves each score along ``push = -dL/ds``. ITC (``infonce``) pushes the positive up and every
+    negative down; a distillation term is coordinated with it where it does the same. Scale-free rates (shares, not
+    magnitudes), so a loss's weight or normalisation does not enter.
+
+    Args:
+        batch: the shared slates (student scores s [B, L], teacher scores, positive / valid masks).
+        losses: ``{name: loss}`` (registered losses bound to hyperparameters, e.g. ``get_loss("kl")``).
+        reference: the registered name of the contrastive loss the terms are compared with.
+
+    Returns:
+        ``{name: {"neg_up": share of the negatives the reference pushes down that the loss pushes up,
+        "above_pos": share of negatives the loss pushes up more than the positive (their margin shrinks),
+        "pos_down": share of rows whose positive the loss pushes down}}``; the reference itself is included as
+        the control (0 / 0 / 0 by construction).
+    """
+    from workbench.losses import get_loss
+
+    pushes = {name: _push(loss, batch) for name, loss in {reference: get_loss(reference), **losses}.items()}
+    neg, pos = batch.negative, batch.positive & batch.mask
+    ref_down = neg & (pushes[reference] < 0)
+    out = {}
+    for name, push in pushes.items():
+        pos_push = torch.where(pos, push, 0.0).sum(-1, keepdim=True) / pos.sum(-1, keepdim=True).clamp(min=1)
+        rows = pos.any(-1, keepdim=True) & neg
+        out[name] = {"neg_up": _share(push > 0, ref_down), "above_pos": _share(push > pos_push, rows),
+                     "pos_down": _share((pos_push < 0).squeeze(-1), pos.any(-1))}
+    return out
+
+
+def _push(loss: Callable, batch: ScoreBatch) -> torch.Tensor:
+    """float [B, L]: ``-dL/ds`` of a loss's objective on the batch (padding 0)."""
+    s = batch.student.detach().clone().requires_grad_(True)
+    live = ScoreBatch(student=s, positive=batch.positive, teacher=batch.teacher, valid=batch.valid)
+    value = objective(loss(live))
+    grad = torch.autograd.grad(value, s, allow_unused=True)[0] if value.requires_grad else None
+    return torch.zeros_like(s) if grad is None else torch.where(batch.mask, -grad, 0.0)
+
+
+def _share(hit: torch.Tensor, where: torch.Tensor) -> float | None:
+    n = int(where.sum())
+    return number((hit & where).sum() / n) if n else None
+
+
+def held_out_itc_change(student: nn.Module, terms: Mapping[str, torch.Tensor], held_out: Callable[[], torch.Tensor],
+                        *, step: float = 0.05, skip: tuple[str, ...] = ("log_scale",)) -> dict[str, float | None]:
+    """The change of a held-out ITC loss after one step along each term's own gradient, taken alone.
+
+    Each term gets a step of the same length (``step`` in parameter space, along ``-grad / ||grad||``), so the
+    comparison does not depend on the term's scale or weight. A negative change means the term, by itself, moves
+    the student where ITC on held-out data improves. Scalar parameters named in ``skip`` (the logit scale) stay
+    fixed: their gradient is reported apart (:func:`gradient_report`). The student is restored after every step.
+
+    Args:
+        student: the model whose trainable parameters ``terms`` were built from (one graph, kept).
+        terms: ``{name: scalar loss}`` on one training batch (e.g. :func:`~workbench.training.loop.batch_terms`).
+        held_out: ``() -> scalar`` held-out ITC loss of the student as it is now (no grad needed).
+        step: the step length.
+
+    Returns:
+        ``{name: held-out ITC after - before}`` (``None`` where a term's gradient is zero).
+    """
+    named = [(n, p) for n, p in _named_trainable(student) if n.split(".")[-1] not in skip]
+    grads = term_gradients(named, terms)
+    with torch.no_grad():
+        before = float(held_out())
+        out = {}
+        for name, g in grads.items():
+            norm = torch.sqrt(sum((x.double() ** 2).sum() for x in g))
+            if norm == 0:
+                out[name] = None
+                continue
+            saved = [p.detach().clone() for _, p in named]
+            for (_, p), x in zip(named, g, strict=True):
+                p.sub_(step * x / norm.to(x.dtype))
+            out[name] = float(held_out()) - before
+            for (_, p), x in zip(named, saved, strict=True):
+                p.copy_(x)
+    return out
