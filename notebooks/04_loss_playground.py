@@ -187,7 +187,7 @@ assert paths[0].stat().st_size > 0
 def anchored_cprd(batch: ScoreBatch, *, m: int = 4, temperature: float = 1.0) -> dict[str, torch.Tensor]:
     """Plackett-Luce over [positive, teacher's top-m negatives], other negatives below: slate ITC + CPRD in one."""
     s, u, neg = batch.student / temperature, batch.require_teacher("anchored_cprd").detach(), batch.negative
-    top = VALIDITY_RULES["top"](torch.where(neg, u, float("-inf")), neg, threshold=0.0, m=m) & neg
+    top = VALIDITY_RULES["top"](torch.where(neg, u, float("-inf")), neg, m=m) & neg
     anchor = batch.positive & batch.mask
     key = torch.where(anchor, float("inf"), u)  # the positive comes first
     return {"distill_loss": plackett_luce_nll(s, key, anchor | top, neg & ~top).mean()}

@@ -204,7 +204,7 @@ def test_unregister_unknown_raises():
 
 def test_a_new_validity_rule_is_accepted_by_cprd():
     @validity_rule("above_third")
-    def above_third(key, negative, *, threshold, m):
+    def above_third(key, negative, *, threshold):  # a rule declares only the parameters it reads
         return negative & (key >= threshold / 3)
 
     try:
@@ -220,7 +220,7 @@ def test_a_new_validity_rule_is_accepted_by_cprd():
 
 def test_a_validity_rule_cannot_select_positives_or_padding():
     @validity_rule("everything")
-    def everything(key, negative, *, threshold, m):
+    def everything(key, negative):
         return torch.ones_like(negative)
 
     try:

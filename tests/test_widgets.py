@@ -96,14 +96,17 @@ def test_settings_name_the_bad_value(change, message):
 
 
 def naive_cprd(s: torch.Tensor, u: torch.Tensor, ordered: torch.Tensor, negative: torch.Tensor, T: float):
-    """Per-row loop: the docs/method.md CPRD formula written out, invalid negatives only in denominators."""
+    """Per-row loop: the docs/method.md CPRD formula written out (the mean of each row's steps, the default),
+    invalid negatives only in denominators."""
     total = s.new_zeros(())
     for i in range(s.shape[0]):
         valid = sorted((j for j in range(s.shape[1]) if ordered[i, j]), key=lambda j, i=i: (-float(u[i, j]), j))
         below = [j for j in range(s.shape[1]) if negative[i, j] and not ordered[i, j]]
+        row = s.new_zeros(())
         for n, j in enumerate(valid):
             rest = valid[n:] + below
-            total = total - s[i, j] / T + torch.logsumexp(torch.stack([s[i, r] / T for r in rest]), 0)
+            row = row - s[i, j] / T + torch.logsumexp(torch.stack([s[i, r] / T for r in rest]), 0)
+        total = total + row / max(len(valid), 1)
     return total / s.shape[0]
 
 

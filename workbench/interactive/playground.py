@@ -30,7 +30,7 @@ import torch
 from workbench.checks import check_choice, check_float, check_int, check_tensor
 from workbench.data.world import Split
 from workbench.losses import Loss, ScoreBatch, get_loss
-from workbench.losses.cprd import VALIDITY_RULES
+from workbench.losses.cprd import VALIDITY_RULES, valid_negatives
 from workbench.models.student import DualEncoder
 from workbench.training.batches import sample_pairs
 from workbench.training.config import ITC, FitConfig, LossTerm
@@ -228,8 +228,7 @@ def ordered_negatives(batch: ScoreBatch, settings: Settings) -> torch.Tensor:
     """bool [B, L]: the negatives CPRD orders under ``settings``' validity rule (the "valid" hard negatives)."""
     neg = batch.negative
     key = torch.where(neg, batch.require_teacher("cprd").detach(), float("-inf"))
-    rule = VALIDITY_RULES[settings.validity]
-    return rule(key, neg, threshold=settings.threshold, m=settings.m) & neg
+    return valid_negatives(key, neg, validity=settings.validity, threshold=settings.threshold, m=settings.m)
 
 
 # --------------------------------------------------------------------------------------------- the objective

@@ -16,8 +16,8 @@ Validity rules (``VALIDITY_RULES``; the paper leaves the choice open, so it is a
     "top":       the first m.
     "all":       all n (then CPRD is ListMLE over the slate's negatives).
 Invalid negatives only appear in denominators: they must rank below every valid one, with no order among
-themselves. Add a rule with ``@validity_rule("name")`` on ``fn(key [B, L], negative [B, L], *, threshold, m) ->
-valid [B, L]``; ``get_loss("cprd", validity="name")`` accepts it from then on.
+themselves. Add a rule with ``@validity_rule("name")`` on ``fn(key [B, L], negative [B, L], *, <the parameters it
+reads, e.g. threshold or m>) -> valid [B, L]``; ``get_loss("cprd", validity="name")`` accepts it from then on.
 
 Shapes: s, u float [B, L]; positive, valid bool [B, L]. Vectorised, no loop over rows: one ordering of the valid
 negatives (a top-k narrowing then a small stable sort on CPU, a stable sort elsewhere), one gather, one reversed
@@ -37,9 +37,10 @@ Relations:
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from functools import partial
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -48,10 +49,11 @@ from workbench.losses.registry import at_least, one_of, positive, register_loss
 from workbench.scores.batch import ScoreBatch
 
 ValidityRule = Callable[..., torch.Tensor]
-"""``rule(key float [B, L], negative bool [B, L], *, threshold, m) -> valid bool [B, L]``.
+"""``rule(key float [B, L], negative bool [B, L], *, <only the parameters it uses>) -> valid bool [B, L]``.
 
 ``key`` is the teacher score on negatives and ``-inf`` elsewhere. Valid negatives are ordered by the teacher;
-the invalid ones only appear in denominators (below every valid one, with no order among themselves).
+the invalid ones only appear in denominators (below every valid one, with no order among themselves). A rule
+declares the keyword parameters it reads (``threshold``, ``m``, ...); :func:`valid_negatives` passes it those.
 """
 
 VALIDITY_RULES: dict[str, ValidityRule] = {}
@@ -68,13 +70,13 @@ def validity_rule(name: str) -> Callable[[ValidityRule], ValidityRule]:
 
 
 @validity_rule("threshold")
-def threshold_rule(key: torch.Tensor, negative: torch.Tensor, *, threshold: float, m: int) -> torch.Tensor:
+def threshold_rule(key: torch.Tensor, negative: torch.Tensor, *, threshold: float) -> torch.Tensor:
     """Negatives whose teacher score is ``>= threshold`` (``key`` is ``-inf`` off the negatives)."""
     return key >= threshold
 
 
 @validity_rule("top")
-def top_rule(key: torch.Tensor, negative: torch.Tensor, *, threshold: float, m: int) -> torch.Tensor:
+def top_rule(key: torch.Tensor, negative: torch.Tensor, *, m: int) -> torch.Tensor:
     """The teacher's first ``m`` negatives (all if fewer); among tied scores the lower slate index comes first."""
     k = min(m, key.shape[-1])
     if k == 0:
@@ -87,7 +89,7 @@ def top_rule(key: torch.Tensor, negative: torch.Tensor, *, threshold: float, m: 
 
 
 @validity_rule("all")
-def all_rule(key: torch.Tensor, negative: torch.Tensor, *, threshold: float, m: int) -> torch.Tensor:
+def all_rule(key: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
     """Every negative of the slate."""
     return negative
 
@@ -98,7 +100,14 @@ def valid_negatives(key: torch.Tensor, negative: torch.Tensor, *, validity: str 
     off the negatives; ``negative`` bool [B, L]). The one definition training and the analyses share."""
     if validity not in VALIDITY_RULES:
         raise ValueError(f"validity must be one of {sorted(VALIDITY_RULES)}, got {validity!r}")
-    return VALIDITY_RULES[validity](key, negative, threshold=threshold, m=m) & negative
+    rule = VALIDITY_RULES[validity]
+    return rule(key, negative, **rule_parameters(rule, threshold=threshold, m=m)) & negative
+
+
+def rule_parameters(rule: ValidityRule, **available: Any) -> dict[str, Any]:
+    """The subset of ``available`` keyword parameters that ``rule`` declares."""
+    wanted = inspect.signature(rule).parameters
+    return {k: v for k, v in available.items() if k in wanted}
 
 
 @register_loss(
