@@ -249,3 +249,30 @@ def test_scale_spread_hand_computed() -> None:
     assert scale_spread({"x": {"logit": [1.0], "probability": [2.0]}})["x"]["pooled_std"] is None
     with pytest.raises(ValueError, match="at least one teacher view"):
         scale_spread({"kl": {}})
+
+
+def test_paired_difference_by_seed_and_its_interval():
+    from workbench.findings.stats import paired_difference, seed_stats
+
+    a, b = {0: 10.0, 1: 12.25, 2: 11.0, 5: 99.0}, {0: 9.0, 1: 11.0, 2: 9.5}
+    d = paired_difference(a, b)  # seed 5 has no partner
+    assert d["seeds"] == [0, 1, 2] and d["values"] == [1.0, 1.25, 1.5] and d["n"] == 3
+    assert d["mean"] == pytest.approx(1.25) and d["std"] == pytest.approx(0.25)
+    half = 4.302652729911275 * 0.25 / np.sqrt(3)  # t(0.975, 2 dof) x std / sqrt(n)
+    assert d["ci95"] == pytest.approx([1.25 - half, 1.25 + half]) and d["excludes_zero"] is True
+    assert paired_difference([1.0, 2.0, 1.0], [0.0, 0.0, 0.0])["excludes_zero"] is False  # CI [-0.10, 2.77]
+    one = seed_stats([3.0])
+    assert one == {"mean": 3.0, "std": None, "n": 1, "values": [3.0], "ci95": None}
+    with pytest.raises(ValueError, match="one value per seed each"):
+        paired_difference([1.0], [1.0, 2.0])
+
+
+def test_plateau_step_finds_the_first_step_within_tolerance():
+    from workbench.findings.stats import plateau_step
+
+    steps = [100, 200, 300, 400, 500, 600]
+    curve = [50.0, 80.0, 95.0, 99.5, 100.0, 100.0]
+    out = plateau_step(steps, curve, tolerance=0.01)
+    assert out["plateau"] == pytest.approx(299.5 / 3) and out["step"] == 400 and out["converged_at_end"]
+    rising = plateau_step(steps, [10, 20, 30, 40, 50, 60], tolerance=0.01)
+    assert rising["step"] == 500 and not rising["converged_at_end"]  # the "plateau" is only the end: still rising

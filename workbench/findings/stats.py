@@ -86,7 +86,7 @@ def seed_stats(values: ArrayLike) -> dict[str, Any]:
     ci = None
     if n > 1:
         half = float(stats.t.ppf(0.975, n - 1)) * std / np.sqrt(n)
-        ci = [mean - half, mean + half]
+        ci = [float(mean - half), float(mean + half)]
     return {"mean": mean, "std": std, "n": n, "values": [float(v) for v in arr], "ci95": ci}
 
 
@@ -99,3 +99,51 @@ def summary(x: ArrayLike) -> dict[str, Any]:
     base = seed_stats(ok)
     return {"mean": base["mean"], "std": base["std"], "median": number(np.median(ok)) if ok.size else None,
             "n": base["n"], "n_undefined": int(arr.size - ok.size)}
+
+
+def paired_difference(a: dict[int, float] | ArrayLike, b: dict[int, float] | ArrayLike) -> dict[str, Any]:
+    """``a - b`` paired by seed: :func:`seed_stats` of the per-seed differences (mean, std, n, values, 95 % CI).
+
+    Args:
+        a, b: one value per seed, as ``{seed: value}`` (paired on the seeds both have) or as equal-length
+            sequences in seed order.
+
+    Returns:
+        :func:`seed_stats` of the differences, plus ``"seeds"`` (the paired seeds) and ``"excludes_zero"`` (the CI
+        lies entirely above or below 0; ``None`` with fewer than two pairs).
+    """
+    if isinstance(a, dict) and isinstance(b, dict):
+        seeds = sorted(set(a) & set(b))
+        diffs = [a[s] - b[s] for s in seeds]
+    else:
+        xa, xb = as_array("a", a).ravel(), as_array("b", b).ravel()
+        if xa.shape != xb.shape:
+            raise ValueError(f"a and b must hold one value per seed each, got {xa.size} and {xb.size} values")
+        seeds, diffs = list(range(xa.size)), list(xa - xb)
+    out = seed_stats(diffs) | {"seeds": seeds}
+    ci = out["ci95"]
+    out["excludes_zero"] = None if ci is None else bool(ci[0] > 0 or ci[1] < 0)
+    return out
+
+
+def plateau_step(steps: ArrayLike, values: ArrayLike, *, tolerance: float = 0.01, window: int = 3) -> dict[str, Any]:
+    """The first logged step from which a learning curve stays within ``tolerance`` of its plateau.
+
+    The plateau is the mean of the last ``window`` logged values (the curve's end); the answer is the first step
+    whose value and every later value are at least ``(1 - tolerance) x plateau`` (for a metric that grows, such as
+    validation RSUM).
+
+    Returns:
+        ``{"plateau", "step", "converged_at_end"}``: ``converged_at_end`` is False when the last ``window`` values
+        still rise by more than ``tolerance`` (the run should have been longer).
+    """
+    s, v = as_array("steps", steps).ravel(), as_array("values", values).ravel()
+    if s.shape != v.shape or s.size < window:
+        raise ValueError(f"steps and values need the same length >= window ({window}), got {s.size} and {v.size}")
+    require_finite("values", v)
+    level = float(v[-window:].mean())
+    ok = v >= (1 - tolerance) * level
+    tail_ok = np.flip(np.cumprod(np.flip(ok)))  # True from the first index after which every value is ok
+    first = int(np.argmax(tail_ok)) if tail_ok.any() else len(v) - 1
+    rising = bool(v[-1] - v[-window] > tolerance * abs(level))
+    return {"plateau": level, "step": int(s[first]), "converged_at_end": not rising}
