@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 OUT    ?= runs/demo
 PROFILE ?= quick
 
-.PHONY: demo test lint lab notebooks venv clean
+.PHONY: demo test lint lab notebooks venv clean figures screenshot
 
 venv: $(STAMP)
 
@@ -21,6 +21,17 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The README's figures (figures/): copied from a finished demo (`make demo`, or OUT=DIR for another reproduce
+# output). Runs and tests never write into the repository; this target is the only thing that refreshes them.
+figures:
+	@test -f $(OUT)/report.md -a -d $(OUT)/figures || { echo "no finished demo in $(OUT): run 'make demo' first (or pass OUT=DIR)" >&2; exit 2; }
+	cp $(OUT)/figures/*.png $(OUT)/figures/*.svg figures/
+	@echo "figures/ refreshed from $(OUT)/figures (review with git diff --stat figures/)"
+
+# The committed screenshot of notebook 04 in JupyterLab + Chromium (figures/loss_playground_browser.png).
+screenshot: $(STAMP)
+	WORKBENCH_SCREENSHOT_DIR=figures $(PY) -m pytest -q tests/test_browser.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check workbench tests benchmarks notebooks

@@ -83,7 +83,8 @@ assert test.num_captions == 5 * test.num_images and bool((own == 1).all()), "eve
 # checkpoint) reads image and caption together; the student is trained here with ITC alone.
 
 # %%
-itc_run = train_run(ws, profile(PROFILE, steps=STEPS, seed=SEED), OUT / "00" / "itc", rerank=False)
+itc_run = train_run(ws, profile(PROFILE, steps=STEPS, seed=SEED), OUT / "00" / "itc", rerank=False,
+                    overwrite=True)  # re-running the notebook replaces its own run
 student = load_student(OUT / "00" / "itc" / "checkpoint")
 minimal, graded = ws.eval_sets("test")
 teacher_mp = evaluate_teacher(ws.teacher, test, minimal)["minimal_pairs"]
@@ -117,7 +118,7 @@ assert len(first) == 4 and all(np.isfinite(m).all() for m in margin.values())
 # %%
 cprd_term = LossTerm("cprd")  # validity="threshold", threshold=0.5, weight λ = 1
 cprd_run = train_run(ws, profile(PROFILE, steps=STEPS, seed=SEED, losses=(LossTerm("itc"), cprd_term)),
-                             OUT / "00" / "cprd", rerank=False)
+                             OUT / "00" / "cprd", rerank=False, overwrite=True)
 print(f"teacher: {cprd_run['teacher_store']['computed_pairs']} pairs scored, "
       f"{cprd_run['teacher_store']['hits']} lookups answered from the cache")
 assert cprd_run["teacher_store"]["computed_pairs"] > 0 and (OUT / "00" / "cprd" / "metrics.json").is_file()

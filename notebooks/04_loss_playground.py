@@ -222,7 +222,7 @@ assert values.distill.notna().all() and (values.grad_norm > 0).all()
 terms = {"itc": None, "itc+cprd": LossTerm("cprd"),  # the defaults: threshold 0.5 on the teacher's logit
          "itc+listmle": LossTerm("listmle"), "itc+anchored_cprd": LossTerm("anchored_cprd", 1.0, {"m": 3})}
 short = profile("smoke" if SMOKE else "quick", steps=RUN_STEPS, seed=SEED, k=8)
-runs = compare_runs(ws, terms, short, out_dir=OUT / "04")
+runs = compare_runs(ws, terms, short, out_dir=OUT / "04", overwrite=True)  # re-running replaces these runs
 display(runs.round(2))
 assert list(runs.index) == list(terms) and runs["loss"].map(math.isfinite).all()
 assert (OUT / "04" / "itc+anchored_cprd" / "metrics.json").is_file()

@@ -174,7 +174,7 @@ cfg = FitConfig(**REAL_FIT_DEFAULTS, losses=(LossTerm("itc"), LossTerm("cprd", 1
                 steps=RUN["steps"], batch=RUN["batch"], k=RUN["k"], eval_every=RUN["eval_every"], seed=SEED,
                 device=DEVICE)
 run_dir = OUT / "05" / "itc+cprd"
-after = train_run(ws, cfg, run_dir, card=card, announce=print)
+after = train_run(ws, cfg, run_dir, card=card, announce=print, overwrite=True)  # re-running replaces it
 
 
 def row(metrics: dict) -> dict[str, float]:

@@ -3,8 +3,9 @@
 The test generates the ``.ipynb`` files from the jupytext sources into a temporary root, starts JupyterLab there
 (smoke mode for its kernels, settings and workspaces isolated), opens ``04_loss_playground.ipynb``, waits for the
 kernel to be idle, runs all cells, drags the λ slider of the loss playground, and checks that the displayed loss
-value changed. The screenshot goes to ``figures/loss_playground_browser.png``; an attempt that fails leaves
-``figures/loss_playground_browser_failure<N>.png`` and is retried once.
+value changed. The screenshot ``loss_playground_browser.png`` goes to the test's temporary folder, or to
+``$WORKBENCH_SCREENSHOT_DIR`` when set (``make figures`` sets it to ``figures/`` to refresh the committed one); an
+attempt that fails leaves ``loss_playground_browser_failure<N>.png`` there and is retried once.
 
 Needs ``/usr/bin/chromium`` (``.ci/run`` installs it with apt-get when missing); skipped, saying so, without it.
 """
@@ -28,10 +29,9 @@ import jupytext
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-FIGURES = ROOT / "figures"
 CHROMIUM = Path("/usr/bin/chromium")
 NOTEBOOK = "04_loss_playground"
-SCREENSHOT = FIGURES / "loss_playground_browser.png"
+SCREENSHOT = "loss_playground_browser.png"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 RUN_TIMEOUT_MS = 180_000  # running every cell of notebook 04 in smoke mode (~20 s on an idle 2-core CPU)
@@ -180,8 +180,8 @@ def drag_slider(page, label: str, dx: float) -> None:
     page.mouse.up()
 
 
-def attempt(browser, url: str) -> tuple[str, str]:
-    """One full pass; returns (loss before, loss after) and leaves the screenshot."""
+def attempt(browser, url: str, shots: Path) -> tuple[str, str]:
+    """One full pass; returns (loss before, loss after) and leaves the screenshot in ``shots``."""
     page = browser.new_page(viewport={"width": 1400, "height": 1400})
     try:
         page.goto(url, wait_until="domcontentloaded")
@@ -198,21 +198,22 @@ def attempt(browser, url: str) -> tuple[str, str]:
         page.evaluate("document.querySelector('.wb-loss').scrollIntoView({block: 'start'})")
         page.mouse.wheel(0, -260)  # bring the sliders above the loss line into view too
         page.wait_for_timeout(500)
-        page.screenshot(path=str(SCREENSHOT))
+        page.screenshot(path=str(shots / SCREENSHOT))
         return before, after
     except Exception:
-        failures = len(list(FIGURES.glob("loss_playground_browser_failure*.png")))
+        failures = len(list(shots.glob("loss_playground_browser_failure*.png")))
         with suppress(Exception):
-            page.screenshot(path=str(FIGURES / f"loss_playground_browser_failure{failures + 1}.png"), full_page=True)
+            page.screenshot(path=str(shots / f"loss_playground_browser_failure{failures + 1}.png"), full_page=True)
         raise
     finally:
         page.close()
 
 
-def test_loss_playground_in_jupyterlab_and_chromium(lab, playwright_api):
+def test_loss_playground_in_jupyterlab_and_chromium(lab, playwright_api, tmp_path):
     url, log = lab
-    FIGURES.mkdir(exist_ok=True)
-    for old in FIGURES.glob("loss_playground_browser_failure*.png"):
+    shots = Path(os.environ.get("WORKBENCH_SCREENSHOT_DIR") or tmp_path / "shots")
+    shots.mkdir(parents=True, exist_ok=True)
+    for old in shots.glob("loss_playground_browser_failure*.png"):
         old.unlink()
     errors: list[str] = []
     with playwright_api.sync_playwright() as p:
@@ -220,14 +221,14 @@ def test_loss_playground_in_jupyterlab_and_chromium(lab, playwright_api):
         try:
             for n in (1, 2):  # retry once
                 try:
-                    before, after = attempt(browser, url)
+                    before, after = attempt(browser, url, shots)
                     break
                 except Exception as err:  # noqa: BLE001  (any failure of the attempt is retried once)
                     errors.append(f"attempt {n}: {type(err).__name__}: {err}")
             else:
-                pytest.fail("\n".join(errors) + f"\nscreenshots: {FIGURES}/loss_playground_browser_failure*.png\n"
+                pytest.fail("\n".join(errors) + f"\nscreenshots: {shots}/loss_playground_browser_failure*.png\n"
                             f"server log tail:\n{log.read_text()[-2000:]}")
         finally:
             browser.close()
     assert float(before) != float(after), f"the loss value did not change: {before} -> {after}"
-    assert SCREENSHOT.stat().st_size > 10_000
+    assert (shots / SCREENSHOT).stat().st_size > 10_000

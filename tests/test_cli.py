@@ -17,7 +17,7 @@ import torch
 
 from workbench.cli import main
 from workbench.experiments import DEFAULT_TEACHER, WORLD_PRESETS
-from workbench.io import WEIGHTS_FILE, read_json, save_checkpoint, write_json
+from workbench.io import WEIGHTS_FILE, read_json, save_checkpoint, sha256_file, write_json
 from workbench.models.stem import StemConfig
 from workbench.models.student import DualEncoder, StudentConfig
 from workbench.models.teacher import load_teacher
@@ -49,7 +49,7 @@ def finite(x) -> bool:
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory) -> dict:
-    """train-teacher -> train (itc + cprd) -> eval, in a temp folder; metrics.json is read before eval rewrites it."""
+    """train-teacher -> train (itc + cprd) -> eval, in a temp folder; metrics.json is read before eval runs."""
     root = tmp_path_factory.mktemp("cli")
     out = {"root": root}
     out["teacher_proc"] = run_workbench("train-teacher", *SMOKE, "--steps-binding", "20", "--steps-full", "20",
@@ -108,11 +108,17 @@ def test_train_writes_config_history_metrics_and_checkpoint(smoke):
 
 
 @pytest.mark.slow
-def test_eval_reproduces_the_run_metrics(smoke):
-    again = read_json(smoke["root"] / "run" / "metrics.json")
+def test_eval_reproduces_the_run_metrics_in_its_own_file(smoke):
+    run = smoke["root"] / "run"
+    assert read_json(run / "metrics.json") == smoke["train_metrics"]  # the training metrics are left alone
+    again = read_json(run / "eval_test.json")
     for protocol, values in smoke["train_metrics"]["retrieval"].items():
         assert again["retrieval"][protocol] == pytest.approx(values)
     assert again["rsum"] == pytest.approx(smoke["train_metrics"]["rsum"])
+    assert again["k_test"] == 16 and again["protocol"]["k_test"] == 16 and again["split"] == "test"
+    assert again["checkpoint"]["step"] == 30
+    assert again["checkpoint"]["weights_sha256"] == sha256_file(run / "checkpoint" / WEIGHTS_FILE)
+    assert again["checkpoint"]["manifest_sha256"] == sha256_file(run / "checkpoint" / "manifest.json")
     assert "retrieval semantic" in smoke["eval_proc"].stdout
 
 
@@ -158,7 +164,9 @@ def train_args(tmp_path: Path, *extra: str) -> list[str]:
         (["--loss", "cprd:weight=-1"], ["weight of loss 'cprd' must be >= 0.0, got -1.0"]),
         (["--loss", "cprd:m"], ["expected key=value pairs after ':'", "'m'"]),
         (["--k", "-1"], ["k must be >= 1, got -1"]),
-        (["--k", "32"], ["k=32 must be smaller than the batch (32)"]),
+        (["--loss", "itc", "--loss", "cprd", "--k", "32"], ["k=32 must be smaller than the batch (32)"]),
+        (["--loss", "itc", "--loss", "cprd:weight=1", "--loss", "cprd:weight=2"],
+         ["loss term names must be unique", "['cprd']"]),
         (["--steps", "0"], ["steps must be >= 1, got 0"]),
         (["--pool", "everywhere"], ["pool must be one of", "'everywhere'"]),
         (["--world-seed", "-1"], ["seed must be >= 0, got -1"]),
@@ -194,12 +202,13 @@ def test_eval_rejects_corrupt_missing_and_wrong_kind_checkpoints(capsys, tmp_pat
     data = bytearray(weights.read_bytes())
     data[-5] ^= 0x01
     weights.write_bytes(bytes(data))
-    fails(capsys, ["eval", "--checkpoint", str(tiny_run)], "is corrupt: its SHA-256 does not match")
+    fails(capsys, ["eval", "--checkpoint", str(tiny_run)], "is corrupt or was edited: its SHA-256 does not match")
     assert not (tiny_run / "metrics.json").exists()
     fails(capsys, ["eval", "--checkpoint", str(tmp_path / "nowhere")], "checkpoint folder not found")
     fails(capsys, ["eval", "--checkpoint", str(DEFAULT_TEACHER)], "holds a 'teacher' model, expected a 'student' model")
     (tiny_run / "checkpoint" / "config.json").unlink()
-    fails(capsys, ["eval", "--checkpoint", str(tiny_run)], "checkpoint config not found")
+    fails(capsys, ["eval", "--checkpoint", str(tiny_run)], "is incomplete: config.json (listed in manifest.json) is "
+          "missing")
 
 
 def test_k_larger_than_the_gallery(capsys, tmp_path, tiny_run):

@@ -16,6 +16,7 @@ import torch
 from workbench import io
 from workbench.io import (
     CONFIG_FILE,
+    MANIFEST_FILE,
     WEIGHTS_FILE,
     CheckpointError,
     atomic_write_bytes,
@@ -164,10 +165,11 @@ def test_truncated_or_garbage_tensor_files_are_rejected(tmp_path, no_load):
 
 def test_checkpoint_round_trip(tmp_path):
     folder = save_checkpoint(tmp_path / "ck", "student", {"dim": 4}, tensors(), {"step": 12, "note": "x"})
-    assert files(folder) == [CONFIG_FILE, WEIGHTS_FILE]
+    assert files(folder) == [CONFIG_FILE, MANIFEST_FILE, WEIGHTS_FILE]
     meta, state = load_checkpoint(folder, kind="student")
     assert meta["kind"] == "student" and meta["config"] == {"dim": 4} and meta["step"] == 12 and meta["note"] == "x"
     assert meta["sha256"] == sha256_file(folder / WEIGHTS_FILE) and "workbench_version" in meta
+    assert meta["manifest"] == {name: sha256_file(folder / name) for name in (CONFIG_FILE, WEIGHTS_FILE)}
     assert all(torch.equal(state[k], v) for k, v in tensors().items())
     assert load_checkpoint(folder)[0] == meta  # kind not checked when not asked
 
@@ -192,7 +194,7 @@ def _flip_byte(path: Path, offset: int | None = None) -> None:
 @pytest.mark.parametrize("where", ["middle", "header"])
 def test_flipped_byte_is_detected_and_never_loaded(student_folder, no_load, where):
     _flip_byte(student_folder / WEIGHTS_FILE, None if where == "middle" else 10)
-    with pytest.raises(CheckpointError, match=r"model\.safetensors is corrupt: its SHA-256 does not match"):
+    with pytest.raises(CheckpointError, match=r"model\.safetensors is corrupt or was edited: its SHA-256 does not"):
         load_student(student_folder)
     with pytest.raises(CheckpointError, match="is corrupt"):
         load_checkpoint(student_folder)
@@ -207,18 +209,36 @@ def test_truncated_checkpoint_is_never_loaded(student_folder, no_load):
     assert no_load == []
 
 
+def _legacy(folder: Path) -> Path:
+    """Turn a checkpoint into the format written before manifests (config.json covers the weights only)."""
+    (folder / MANIFEST_FILE).unlink()
+    meta = json.loads((folder / CONFIG_FILE).read_text())
+    del meta["format_version"]
+    (folder / CONFIG_FILE).write_text(json.dumps(meta))
+    return folder
+
+
+MANIFEST_MISMATCH = r"config\.json is corrupt or was edited: its SHA-256 does not match the one recorded in manifest"
+
+
 @pytest.mark.parametrize(
-    "damage, message",
+    "damage, message, legacy_message",
     [
-        ("no_config", r"checkpoint config not found: .*config\.json"),
-        ("bad_config", r"checkpoint config at .*config\.json is not valid JSON"),
-        ("config_without_sha", r"lacks the keys kind/config/sha256"),
-        ("config_is_a_list", r"lacks the keys kind/config/sha256"),
-        ("no_weights", r"weights file not found: .*model\.safetensors"),
-        ("no_folder", r"checkpoint folder not found: .*student"),
+        ("no_config", r"incomplete: config\.json \(listed in manifest\.json\) is missing",
+         r"checkpoint config not found: .*config\.json"),
+        ("bad_config", MANIFEST_MISMATCH, r"checkpoint config at .*config\.json is not valid JSON"),
+        ("config_without_sha", MANIFEST_MISMATCH, r"lacks the keys kind/config/sha256"),
+        ("config_is_a_list", MANIFEST_MISMATCH, r"lacks the keys kind/config/sha256"),
+        ("no_weights", r"incomplete: model\.safetensors \(listed in manifest\.json\) is missing",
+         r"weights file not found: .*model\.safetensors"),
+        ("no_folder", r"checkpoint folder not found: .*student", r"checkpoint folder not found: .*student"),
     ],
 )
-def test_incomplete_checkpoints_get_clear_errors(student_folder, no_load, damage, message):
+@pytest.mark.parametrize("legacy", [False, True], ids=["manifest", "legacy"])
+def test_incomplete_checkpoints_get_clear_errors(student_folder, no_load, damage, message, legacy_message, legacy):
+    if legacy:
+        _legacy(student_folder)
+        message = legacy_message
     config = student_folder / CONFIG_FILE
     if damage == "no_config":
         config.unlink()

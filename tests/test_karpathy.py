@@ -229,3 +229,31 @@ def test_bad_arguments(flickr) -> None:
         load_karpathy(*flickr, captions_per_image=0)
     with pytest.raises(TypeError, match="max_images must be an int"):
         load_karpathy(*flickr, max_images=2.5)
+
+
+@pytest.mark.parametrize("filename, filepath", [("../outside.jpg", None), ("/etc/passwd", None),
+                                                ("x.jpg", "../.."), ("x.jpg", "/abs")])
+def test_image_paths_must_stay_inside_the_image_root(tmp_path, flickr, filename, filepath) -> None:
+    def edit(data: dict) -> None:
+        data["images"][3]["filename"] = filename
+        if filepath is not None:
+            data["images"][3]["filepath"] = filepath
+
+    with pytest.raises(ValueError, match=r"images\[3\] \(imgid 3\) names the image file .* not a relative path "
+                                         "inside image_root"):
+        load_karpathy(_copy(flickr, tmp_path, edit), flickr[1], "test")  # any record: the whole file is checked
+
+
+def test_check_images_reads_every_header_or_decodes_every_image(tmp_path) -> None:
+    json_path = write_tiny_karpathy(tmp_path, n_images=10)
+    split = load_karpathy(json_path, tmp_path / "images", "test")
+    assert split.check_images() == 2 == split.check_images(decode=True)
+    victim = tmp_path / "images" / "1009.jpg"
+    victim.write_bytes(victim.read_bytes()[:200])  # truncated: its header still parses
+    assert split.check_images() == 2
+    with pytest.raises(ValueError, match=r"1 of 2 image\(s\) of split 'test' cannot be read, e\.g\. .*1009\.jpg "
+                                         r"\(imgid 9\)"):
+        split.check_images(decode=True)
+    (tmp_path / "images" / "1008.jpg").write_bytes(b"not an image")
+    with pytest.raises(ValueError, match=r"1 of 2 .*1008\.jpg \(imgid 8\)"):
+        split.check_images()

@@ -109,8 +109,9 @@ def test_cli_mines_scores_trains_and_evaluates(paths, teacher, capsys) -> None:
     out = capsys.readouterr().out
     assert re.search(r"re-ranking: i2t 4 queries x 4 \+ t2i 20 queries x 4 = 96 pairs \(\d+ distinct\); "
                      r"(\d+) already in the store -> 0 teacher pair scores", out)
-    again = json.loads((run / "metrics.json").read_text())
+    again = json.loads((run / "eval_test.json").read_text())
     assert again["protocol"]["fusion"] == "itm+itc" and again["rerank_store"]["computed_pairs"] == 0
+    assert json.loads((run / "metrics.json").read_text()) == metrics  # the run's own metrics are left alone
     assert again["retrieval"] == metrics["retrieval"]  # the checkpoint reloads the trained student exactly
 
 
@@ -127,6 +128,31 @@ def test_cli_real_data_errors(paths, capsys) -> None:
     assert main(["train", *["coco" if a == "flickr30k" else a for a in args]]) == 2
     assert "dataset='coco' was given but" in capsys.readouterr().err
     assert main(["eval", "--checkpoint", str(paths["root"] / "x"), "--fusion", "itm+itc"]) == 2
+
+
+def test_real_runs_check_teacher_and_images_before_training(paths, capsys, tmp_path, monkeypatch) -> None:
+    """A missing teacher (needed only to re-rank after an ITC run) and a damaged test image are found before the
+    first step, named in one line; nothing trains."""
+    import workbench.experiments.runs as runs
+
+    calls = []
+    monkeypatch.setattr(runs, "fit", lambda *args, **kwargs: calls.append(args))
+    data = tmp_path / "data"
+    shutil.copytree(paths["json"].parent, data)
+    victim = load_karpathy(data / paths["json"].name, data / "images", "test").image_paths[1]
+    base = ["train", "--dataset", "flickr30k", "--karpathy-json", str(data / paths["json"].name), "--image-root",
+            str(data / "images"), "--student", str(paths["clip"]), "--store", str(tmp_path / "s.sqlite"), "--steps",
+            "1", "--batch", "4", "--device", "cpu"]
+    assert main([*base, "--teacher", str(tmp_path / "no-blip"), "--out", str(tmp_path / "a")]) == 2
+    assert "teacher model" in capsys.readouterr().err
+    victim.write_bytes(victim.read_bytes()[:300])  # truncated: the header still parses, the pixels do not
+    assert main([*base, "--teacher", str(paths["blip"]), "--check-images", "full", "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert "1 of 4 image(s) of split 'test' cannot be read" in err and str(victim) in err
+    victim.write_bytes(b"not an image")
+    assert main([*base, "--teacher", str(paths["blip"]), "--out", str(tmp_path / "c")]) == 2
+    assert str(victim) in capsys.readouterr().err
+    assert calls == [] and not any((tmp_path / name).exists() for name in "abc")
 
 
 # --- the shared interface ---------------------------------------------------------------------------------------

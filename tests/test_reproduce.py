@@ -1,18 +1,37 @@
-"""``reproduce`` end to end at tiny size: every file written, figures non-empty, findings.json valid strict JSON."""
+"""``reproduce`` end to end at tiny size: every file written, figures non-empty, findings.json valid strict JSON,
+everything under ``out`` and nothing in the repository."""
 
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+from pathlib import Path
 
 import pytest
 
+from workbench.experiments.plan import PROFILES
 from workbench.experiments.reproduce import reproduce
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def repo_status() -> str:
+    """``git status`` of the checkout's figures, package and docs (empty outside a git checkout)."""
+    proc = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all", "--", "figures",
+                           "workbench", "docs"], cwd=REPO, capture_output=True, text=True)
+    return proc.stdout if proc.returncode == 0 else ""
 
 
 @pytest.mark.slow
-def test_reproduce_smoke_end_to_end(tmp_path):
+def test_reproduce_smoke_end_to_end(tmp_path, monkeypatch):
     out = tmp_path / "rep"
-    findings = reproduce("smoke", out, groups=("headline", "negatives", "validity"), workers=2, log=lambda *_: None)
+    # the smoke profile's settings under another name: no profile writes outside out (the quick one used to
+    # copy every figure into the repository's figures/)
+    monkeypatch.setitem(PROFILES, "tiny", PROFILES["smoke"])
+    before = repo_status()
+    findings = reproduce("tiny", out, groups=("headline", "negatives", "validity"), workers=2, log=lambda *_: None)
+    assert repo_status() == before
     data = json.loads((out / "findings.json").read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON {c}"))
     for method in ("itc", "kl", "mse", "ranknet", "listnet", "listmle", "cprd", "teacher_rerank"):
         for key in ("retrieval", "retrieval_coco"):
@@ -25,10 +44,13 @@ def test_reproduce_smoke_end_to_end(tmp_path):
     report = (out / "report.md").read_text()
     for heading in ("## Finding 1", "## Finding 2", "## Finding 3", "## Headline"):
         assert heading in report
+    links = [link for link in re.findall(r"!\[[^]]*\]\(([^)]*)\)", report) if link]  # "": a figure not drawn
+    assert len(links) >= 5 and all((out / link).resolve().is_file() and (out / link).resolve().is_relative_to(out)
+                                   for link in links), links
     for name in ("finding1_histograms", "finding1_qq", "finding2_tau", "headline_rsum", "world_examples"):
         for ext in ("png", "svg"):
             assert (out / "figures" / f"{name}.{ext}").stat().st_size > 1000
     assert findings["headline"]["available"]
 
-    again = reproduce("smoke", out, groups=("headline", "negatives", "validity"), workers=2, log=lambda *_: None)
+    again = reproduce("tiny", out, groups=("headline", "negatives", "validity"), workers=2, log=lambda *_: None)
     assert again["retrieval"] == findings["retrieval"]  # finished runs are reused, not retrained

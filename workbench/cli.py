@@ -3,7 +3,7 @@
     python -m workbench world                          # look at the built-in world, save an example figure
     python -m workbench train-teacher --out DIR        # stem + cross-encoder teacher (minutes on a CPU)
     python -m workbench train --loss itc --loss cprd:weight=1.0,validity=top,m=4 --steps 600 --out DIR
-    python -m workbench eval --checkpoint DIR          # re-evaluate a student run (test split)
+    python -m workbench eval --checkpoint DIR          # re-evaluate a student run (test split) -> DIR/eval_test.json
     python -m workbench teacher-scores --split train --top 16 --checkpoint DIR   # prefill the score store
     python -m workbench reproduce --profile quick --out runs/reproduce           # the three findings, a report
     python -m workbench demo --profile quick --out runs/demo                     # what `make demo` runs
@@ -16,7 +16,9 @@ Real data (BLIP ITM teacher, CLIP or BLIP-ITC student, Karpathy splits; see docs
     python -m workbench eval --checkpoint runs/flickr-cprd --fusion itm+itc
     accelerate launch --multi_gpu --num_processes 4 -m workbench train --dataset coco ...   # several GPUs
 
-Before a run, `train`, `eval` and `teacher-scores` print the evaluation protocol card and the teacher cost.
+Before a run, `train`, `eval` and `teacher-scores` print the evaluation protocol card and the teacher cost, and
+`train` checks its run folder, teacher, store and (real data) every image it will read. Nothing is overwritten
+without --overwrite; Ctrl-C during training saves a checkpoint of the current step (resume with --resume).
 """
 
 from __future__ import annotations
@@ -61,6 +63,9 @@ def _add_data(p: argparse.ArgumentParser, default: str | None = "builtin") -> No
                    help="COCO: train on train + restval (113,287 images, as BLIP and the paper)")
     p.add_argument("--teacher-cache-images", type=int, default=2048,
                    help="real data: teacher image encodings kept while training (LRU; ~0.9 MB each for BLIP-base)")
+    p.add_argument("--check-images", default="header", choices=["header", "full", "skip"],
+                   help="real data, before the first step: open every image's header (default), decode every image "
+                        "(full: slower, also finds truncated files), or only check that the files exist (skip)")
 
 
 def _add_eval(p: argparse.ArgumentParser) -> None:
@@ -85,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     world = sub.add_parser("world", help="describe the built-in world and save an example figure")
     _add_world(world)
     world.add_argument("--n", type=int, default=8, help="examples in the figure")
+    world.add_argument("--out", default="runs/world", help="folder of the figure (world_examples.png / .svg)")
 
     teacher = sub.add_parser("train-teacher", help="pretrain the stem and train the cross-encoder teacher")
     _add_world(teacher)
@@ -107,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_fit_args(train)
     train.add_argument("--out", required=True, help="run folder (config.json, history.json, metrics.json, checkpoint/)")
     train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
+    train.add_argument("--overwrite", action="store_true", help="replace the run already in OUT (its files only)")
     train.add_argument("--no-rerank", action="store_true", help="skip the teacher re-ranking evaluation")
     _add_eval(train)
 
@@ -118,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", default="test", choices=["train", "val", "test"], help="the evaluated split")
     ev.add_argument("--no-rerank", action="store_true", help="student retrieval only (no teacher re-ranking)")
     ev.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    ev.add_argument("--out", default=None, metavar="FILE",
+                    help="where the evaluation goes (default: RUN/eval_<split>.json beside the run's metrics.json)")
+    ev.add_argument("--overwrite", action="store_true", help="replace the evaluation file if it exists")
 
     ts = sub.add_parser("teacher-scores", help="fill the teacher-score store for each query's top-M candidates")
     ts.add_argument("--checkpoint", default=None,
@@ -222,7 +232,7 @@ def cmd_world(args) -> int:
         s = world.split(name)
         print(f"{name:5s}: {s.num_images} images, {s.num_captions} captions")
     print("\n".join(f"  {world.test.texts[i]}" for i in range(5)))
-    print("figure:", world_figure(world.test, n=args.n)[0])
+    print("figure:", world_figure(world.test, n=args.n, folders=(Path(args.out),))[0])
     return 0
 
 
@@ -248,19 +258,23 @@ def _short(row: dict) -> str:
 
 def cmd_train(args) -> int:
     from workbench.distributed import current
-    from workbench.experiments.runs import train_run
+    from workbench.experiments.runs import check_run_folder, train_run
     from workbench.training.loop import build_losses
 
     cfg = fit_config_from_args(args)
     build_losses(cfg)  # names and hyperparameters validated before anything heavy runs
+    check_run_folder(args.out, resume=args.resume, overwrite=args.overwrite)  # again (and created) in train_run
     dist = current()
     ws = _workspace(args, device=cfg.device)
     card = ws.protocol_card("test", k_test=args.k_test, rerank=not args.no_rerank, fusion=args.fusion)
     _say(card.text())
     on_step, log, close = _progress(cfg.steps, dist.is_main)
-    metrics = train_run(ws, cfg, args.out, card=card, resume=args.resume, step_callbacks=(on_step,),
-                        callbacks=(log,), announce=_say)
-    close()
+    try:
+        metrics = train_run(ws, cfg, args.out, card=card, resume=args.resume, step_callbacks=(on_step,),
+                            callbacks=(log,), announce=_say, overwrite=args.overwrite,
+                            check_images=args.check_images)
+    finally:
+        close()
     if dist.is_main:
         _print_metrics(metrics)
     return 0
@@ -310,20 +324,41 @@ def _run_folders(checkpoint: str) -> tuple[Path, Path, dict]:
 
 def cmd_eval(args) -> int:
     from workbench.experiments.workspace import recorded_data
-    from workbench.io import write_json
-    from workbench.training.checkpoint import load_student
+    from workbench.training.checkpoint import checkpoint_identity, load_student
 
     run, ckpt, config = _run_folders(args.checkpoint)
+    target = Path(args.out) if args.out else (run / f"eval_{args.split}.json" if config else None)
+    if target is not None:
+        _check_output_file(target, args.overwrite)
     ws = _workspace(args, recorded_data(config), device=args.device)
     student = load_student(ckpt, device=getattr(ws, "model_device", args.device))
+    identity = checkpoint_identity(ckpt)
     card = ws.protocol_card(args.split, k_test=args.k_test, rerank=not args.no_rerank, fusion=args.fusion)
     _say(card.text())
+    for line in ws.preflight((args.split,), teacher=card.k_test is not None, store_writes=False,
+                             images=args.check_images):
+        _say(line)
     metrics = ws.evaluate(student, card, announce=_say, progress=_is_main())
-    if (run / "config.json").is_file() and _is_main():
-        write_json(run / f"metrics_{args.split}.json" if args.split != "test" else run / "metrics.json", metrics)
+    if target is not None and _is_main():
+        from workbench.io import write_json
+
+        record = {"split": args.split, "k_test": card.k_test, "fusion": card.fusion, "checkpoint": identity}
+        write_json(target, record | metrics)
+        _say(f"wrote      {target}")
     if _is_main():
         _print_metrics(metrics)
     return 0
+
+
+def _check_output_file(path: Path, overwrite: bool) -> None:
+    """Refuse, before any work, an output file that exists (without ``overwrite``) or cannot be written."""
+    if path.is_dir():
+        raise ValueError(f"--out {path} is a folder; expected a file name (e.g. {path / 'eval.json'})")
+    if path.exists() and not overwrite:
+        raise ValueError(f"{path} exists: pass --overwrite to replace it, or --out FILE to write elsewhere")
+    folder = next(p for p in path.parents if p.exists())
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write {path}: {folder} is not a writable folder; pass --out FILE elsewhere")
 
 
 def cmd_teacher_scores(args) -> int:
@@ -353,6 +388,7 @@ def cmd_reproduce(args) -> int:
     groups = tuple(args.groups.split(",")) if args.groups else None
     for g in groups or ():
         check_choice("--groups entry", g, ALL_GROUPS)
+    _check_workers(args.workers)
     reproduce(args.profile, Path(args.out), teacher_dir=args.teacher, workers=args.workers, groups=groups)
     return 0
 
@@ -360,9 +396,18 @@ def cmd_reproduce(args) -> int:
 def cmd_demo(args) -> int:
     from workbench.experiments.reproduce import reproduce
 
+    _check_workers(args.workers)
     reproduce(args.profile, Path(args.out), teacher_dir=args.teacher, workers=args.workers)
-    print(f"report: {Path(args.out) / 'report.md'}   figures: figures/ and {Path(args.out) / 'figures'}")
+    print(f"report: {Path(args.out) / 'report.md'}   figures: {Path(args.out) / 'figures'} "
+          "(`make figures` copies them to the README's figures/)")
     return 0
+
+
+def _check_workers(workers: int | None) -> None:
+    from workbench.checks import check_int
+
+    if workers is not None:
+        check_int("--workers", workers, min_value=1)
 
 
 COMMANDS = {"world": cmd_world, "train-teacher": cmd_train_teacher, "train": cmd_train, "eval": cmd_eval,
@@ -370,6 +415,7 @@ COMMANDS = {"world": cmd_world, "train-teacher": cmd_train_teacher, "train": cmd
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     distributed = _start_processes(args)
     ok = False
@@ -380,13 +426,34 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError, KeyError, CheckpointError, FileNotFoundError, OSError) as err:
         if os.environ.get("WORKBENCH_DEBUG"):
             raise
-        print(f"workbench {args.command}: error: {err}", file=sys.stderr)
+        print(f"workbench {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as stop:
+        print(f"workbench {args.command}: {_interrupted(stop, argv)}", file=sys.stderr)
+        return 130
     finally:
         if distributed:
             from workbench.distributed import shutdown
 
             shutdown(barrier=ok)
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err) if not isinstance(err, KeyError) else str(err.args[0] if err.args else err)
+    return " ".join(text.split()) or type(err).__name__
+
+
+def _interrupted(stop: KeyboardInterrupt, argv: list[str]) -> str:
+    """One line after Ctrl-C: where the checkpoint is and the command that resumes (training), or just that."""
+    import shlex
+
+    from workbench.training.loop import TrainingInterrupted
+
+    if not isinstance(stop, TrainingInterrupted):
+        return "interrupted (Ctrl-C)"
+    again = [a for a in argv if a != "--overwrite"] + ([] if "--resume" in argv else ["--resume"])
+    return (f"interrupted after step {stop.step}; checkpoint saved in {stop.checkpoint}; resume with: "
+            f"python -m workbench {shlex.join(again)}")
 
 
 def _start_processes(args) -> bool:

@@ -1,8 +1,15 @@
 """Safe file I/O: atomic writes, JSON, and checksummed safetensors checkpoints.
 
-Nothing already written is lost: every write goes to a temporary file in the same folder, is flushed to disk,
-then renamed over the target (``os.replace`` is atomic on POSIX). A checkpoint records the SHA-256 of its
-weights in ``config.json``; loading verifies it, so a truncated or corrupted file is never loaded.
+Nothing already written is lost: every write goes to a temporary file in the same folder (``.<name>.XXXX.tmp``),
+is flushed to disk, then renamed over the target (``os.replace`` is atomic on POSIX); a process killed mid-write
+leaves the old file and at most a temporary, which :func:`remove_temporaries` deletes.
+
+A checkpoint folder holds ``config.json`` (kind, config, metadata), ``model.safetensors`` (the weights), any other
+files its writer adds, and ``manifest.json``: the SHA-256 of every one of those files, written last. Loading
+verifies every checksum before reading anything, so a checkpoint is loaded whole or refused: a truncated,
+corrupted, edited or half-written file (a process killed between two of them) raises :class:`CheckpointError`.
+Nothing here unpickles: tensors are safetensors, everything else JSON. Checkpoints written before the manifest
+(``config.json`` records the weights' SHA-256 only) still load; their ``config.json`` is not covered.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +28,11 @@ from safetensors.torch import load_file, save_file
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+MANIFEST_FILE = "manifest.json"
+CHECKPOINT_FORMAT = "cprd-workbench checkpoint"
+CHECKPOINT_VERSION = 2
+"""Version 2: a manifest over every file. Version 1 (no ``format_version`` in config.json): weights checksum only."""
+TEMP_SUFFIX = ".tmp"
 
 
 class CheckpointError(ValueError):
@@ -36,7 +49,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically (temp file + fsync + rename). Returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -96,7 +109,7 @@ def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor]) -> s
     """Save tensors to a safetensors file atomically; return the file's SHA-256."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     os.close(fd)
     try:
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp)
@@ -124,41 +137,105 @@ def load_tensors(path: str | os.PathLike, sha256: str | None = None) -> dict[str
         raise CheckpointError(f"weights file {path} is unreadable: {err}") from err
 
 
+def remove_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporaries (``.<name>.XXXX.tmp``) that interrupted atomic writes left in ``folder``; return them.
+
+    Only for folders a single writer owns (a run folder, a checkpoint being written).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    stale = [p for p in folder.iterdir() if p.name.startswith(".") and p.name.endswith(TEMP_SUFFIX) and p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
+def write_manifest(folder: str | os.PathLike, names: Sequence[str]) -> Path:
+    """Write ``folder/manifest.json``: the SHA-256 of each named file of ``folder`` (write it last)."""
+    folder = Path(folder)
+    files = {name: sha256_file(folder / name) for name in names}
+    return write_json(folder / MANIFEST_FILE, {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
+                                               "files": files})
+
+
+def verify_manifest(folder: str | os.PathLike) -> dict[str, str]:
+    """``{file name: SHA-256}`` of ``folder``'s manifest after checking every listed file against it.
+
+    Raises:
+        CheckpointError: the manifest is unreadable, or a listed file is missing or differs from its checksum.
+    """
+    folder = Path(folder)
+    try:
+        manifest = read_json(folder / MANIFEST_FILE, what="checkpoint manifest")
+    except (FileNotFoundError, ValueError) as err:
+        raise CheckpointError(str(err)) from err
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if manifest.get("format") != CHECKPOINT_FORMAT or not isinstance(files, dict) or not files:
+        raise CheckpointError(f"{folder / MANIFEST_FILE} is not a workbench checkpoint manifest")
+    for name, digest in files.items():
+        path = folder / name
+        if Path(name).name != name or not path.is_file():
+            raise CheckpointError(f"checkpoint {folder} is incomplete: {name} (listed in {MANIFEST_FILE}) is missing")
+        if sha256_file(path) != digest:
+            raise CheckpointError(f"{path} is corrupt or was edited: its SHA-256 does not match the one recorded in "
+                                  f"{MANIFEST_FILE} (the file changed after the checkpoint was written, or the save "
+                                  "was interrupted); retrain, or restore the folder from a copy")
+    return dict(files)
+
+
 def save_checkpoint(
     folder: str | os.PathLike,
     kind: str,
     config: dict[str, Any],
     state: dict[str, torch.Tensor],
     extra: dict[str, Any] | None = None,
+    files: Sequence[str] = (),
 ) -> Path:
-    """Write ``folder/model.safetensors`` and ``folder/config.json`` (kind, config, checksum, extra)."""
+    """Write ``folder/model.safetensors``, ``folder/config.json`` (kind, config, checksum, extra) and, last,
+    ``folder/manifest.json`` over them and over ``files`` (other files of ``folder`` its writer already wrote)."""
     folder = Path(folder)
+    (folder / MANIFEST_FILE).unlink(missing_ok=True)  # rewriting in place: incomplete until the new manifest
     digest = save_tensors(folder / WEIGHTS_FILE, state)
     from workbench import __version__
 
-    meta = {"kind": kind, "config": config, "sha256": digest, "workbench_version": __version__}
+    meta = {"kind": kind, "config": config, "sha256": digest, "workbench_version": __version__,
+            "format_version": CHECKPOINT_VERSION}
     meta.update(extra or {})
     write_json(folder / CONFIG_FILE, meta)
+    write_manifest(folder, [CONFIG_FILE, WEIGHTS_FILE, *files])
     return folder
 
 
 def load_checkpoint(
     folder: str | os.PathLike, kind: str | None = None
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """Load ``(meta, state)`` from a checkpoint folder, checking its kind and checksum.
+    """Load ``(meta, state)`` from a checkpoint folder, checking its manifest (every file), kind and checksum.
+
+    ``meta["manifest"]`` holds the manifest's ``{file: SHA-256}`` (``{}`` for a checkpoint written before manifests).
 
     Raises:
-        CheckpointError: the folder, its config or weights are missing, corrupt, or of another kind.
+        CheckpointError: the folder, its config or weights are missing, corrupt, edited, of another kind, or the
+            checkpoint was left incomplete (its manifest is missing).
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError(f"checkpoint folder not found: {folder}")
+    manifest = verify_manifest(folder) if (folder / MANIFEST_FILE).is_file() else {}
     try:
         meta = read_json(folder / CONFIG_FILE, what="checkpoint config")
     except (FileNotFoundError, ValueError) as err:
         raise CheckpointError(str(err)) from err
     if not isinstance(meta, dict) or not {"kind", "config", "sha256"} <= meta.keys():
         raise CheckpointError(f"{folder / CONFIG_FILE} lacks the keys kind/config/sha256 of a workbench checkpoint")
+    version = meta.get("format_version", 1)
+    if not manifest and (not isinstance(version, int) or version >= 2):
+        raise CheckpointError(f"checkpoint {folder} is incomplete: {MANIFEST_FILE} is missing (the save was "
+                              "interrupted, or the file was deleted); retrain, or restore the folder from a copy")
     if kind is not None and meta["kind"] != kind:
         raise CheckpointError(f"checkpoint {folder} holds a {meta['kind']!r} model, expected a {kind!r} model")
-    return meta, load_tensors(folder / WEIGHTS_FILE, sha256=meta["sha256"])
+    if manifest and WEIGHTS_FILE not in manifest:
+        raise CheckpointError(f"{folder / MANIFEST_FILE} does not list {WEIGHTS_FILE}")
+    meta["manifest"] = manifest
+    weights = load_tensors(folder / WEIGHTS_FILE, sha256=None if manifest else meta["sha256"])
+    return meta, weights

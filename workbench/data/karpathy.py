@@ -113,6 +113,30 @@ class KarpathySplit:
                 raise ValueError(f"cannot read image {path} (imgid {self._imgid(i)}): {err}") from err
         return images
 
+    def check_images(self, decode: bool = False) -> int:
+        """Open every image of the split before a run reads it: its header (``decode=False``: fast, finds files
+        that are not images) or its whole content (``decode=True``: also finds truncated or damaged data).
+        Returns the number checked.
+
+        Raises:
+            ValueError: naming how many images failed, the first one's file and imgid, and why.
+        """
+        from PIL import Image
+
+        bad = []
+        for i, path in enumerate(self.image_paths):
+            try:
+                with Image.open(path) as image:  # parses the header
+                    if decode:
+                        image.load()
+            except (OSError, ValueError, SyntaxError) as err:  # PIL raises these for unreadable or damaged files
+                bad.append((i, err))
+        if bad:
+            i, err = bad[0]
+            raise ValueError(f"{len(bad)} of {self.num_images} image(s) of split {self.name!r} cannot be read, e.g. "
+                             f"{self.image_paths[i]} (imgid {self._imgid(i)}): {err}; fix or remove them")
+        return self.num_images
+
     def image_index(self, image_ids: torch.Tensor) -> torch.Tensor:
         """Global image ids (``imgid``) long [P] -> split indices long [P] (ids are not contiguous in general)."""
         return self._index("image_ids", self.image_ids, image_ids)
@@ -231,6 +255,10 @@ def _check_record(record: Any, n: int, json_path: Path) -> dict[str, Any]:
             raise ValueError(f"{where} needs {key!r} of type {types.__name__}, got {_kind(record.get(key))}")
     if "filepath" in record and not isinstance(record["filepath"], str):
         raise ValueError(f"{where} has a non-string 'filepath': {_kind(record['filepath'])}")
+    relative = Path(record.get("filepath", "")) / record["filename"]
+    if relative.is_absolute() or ".." in relative.parts or not record["filename"]:
+        raise ValueError(f"{where} (imgid {record['imgid']}) names the image file {str(relative)!r}, which is not "
+                         "a relative path inside image_root; filepath and filename must not be absolute or use '..'")
     for s, sentence in enumerate(record["sentences"]):
         if not (isinstance(sentence, dict) and isinstance(sentence.get("raw"), str)
                 and isinstance(sentence.get("sentid"), int)):

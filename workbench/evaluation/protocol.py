@@ -106,14 +106,18 @@ def protocol_card(dataset: str, split: Any, *, k_test: int | None = None, rerank
     """The card of evaluating on ``split`` (built-in or Karpathy); ``k_test=None`` takes :func:`default_k_test`.
 
     ``ks`` and the default ``k_test`` are clamped to the gallery size (``min(images, captions)``) for tiny debugging
-    splits, and the card says so; an explicit ``k_test`` larger than the gallery is an error.
+    splits, and the card says so; an explicit ``k_test`` larger than the gallery or smaller than ``max(ks)`` is an
+    error.
     """
     check_choice("fusion", fusion, list(FUSIONS))
     gallery = min(split.num_images, split.num_captions)
-    if k_test is not None and rerank:
-        check_int("k_test", k_test, min_value=1, max_value=gallery)  # asked for explicitly: never silently clamped
-    requested = default_k_test(dataset) if k_test is None else k_test
     ks = usable_ks(tuple(ks), gallery)
+    if k_test is not None and rerank:  # asked for explicitly: never silently changed
+        check_int("k_test", k_test, min_value=1, max_value=gallery)
+        if k_test < max(ks):
+            raise ValueError(f"k_test must be >= {max(ks)} (the largest recall cut-off, R@{max(ks)}: re-ranking "
+                             f"reorders the top k_test, so R@{max(ks)} needs at least {max(ks)}), got {k_test}")
+    requested = default_k_test(dataset) if k_test is None else k_test
     used = max(min(requested, gallery), max(ks)) if rerank else None
     notes = ()
     if ks != (1, 5, 10):

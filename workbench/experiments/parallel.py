@@ -84,7 +84,7 @@ def _train(ws, job: Job) -> dict[str, Any]:
     from workbench.experiments.runs import train_run  # here: the runs module imports this one
 
     return train_run(ws, job.cfg, job.out_dir, rerank=job.rerank, controlled=job.controlled,
-                     probe_every=job.probe_every)
+                     probe_every=job.probe_every, overwrite=True)  # an unfinished or other run there is redone
 
 
 def run_jobs(ws, jobs: list[Job], workers: int | None = None, log=print) -> dict[Path, dict[str, Any]]:

@@ -4,7 +4,8 @@ Trains every run of the plan (:mod:`workbench.experiments.plan`, in parallel wor
 analyses them: Finding 1 (score distributions, logit vs ranking KD, the scale check), Finding 2 (teacher/student/
 truth agreement over hard and easy negatives, the hard/easy/all ablation), Finding 3 (methods at matched weight,
 the λ sweep, gradient coordination), the validity rules, and the headline table. Writes ``report.md``,
-``findings.json`` and figures (PNG + SVG, also copied to ``figures/``).
+``findings.json``, the figures (PNG + SVG, ``figures/``), the runs and the teacher-score store, all under ``out``
+(nothing in the repository: ``make figures`` copies a demo's figures to the README's ``figures/``).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from workbench.findings import figures as fp
 from workbench.findings.agreement import agreement_summary, agreement_taus
 from workbench.findings.distributions import describe, per_query_stats, scale_spread
 from workbench.findings.figures import headline_figure
-from workbench.findings.plots import FIGURES, save_figure, world_figure
+from workbench.findings.plots import save_figure, world_figure
 from workbench.findings.stats import seed_stats
 from workbench.findings.verdicts import headline_verdict, verdicts
 from workbench.io import read_json, write_json
@@ -183,7 +184,7 @@ def reproduce(profile_name: str, out: Path, *, teacher_dir: str | Path | None = 
     findings["verdicts"] = verdicts(findings)
     findings["headline"] = headline_verdict(findings)
     findings["seconds"] = time.time() - start
-    figures = write_figures(ws, views, taus, findings, out, copy=profile_name != "smoke")
+    figures = write_figures(ws, views, taus, findings, out)
     write_json(out / "findings.json", findings)
     from workbench.findings.report import render_report
 
@@ -217,9 +218,9 @@ def _teacher_metrics(ws: BuiltinWorkspace) -> dict:
     return evaluate_teacher(ws.teacher, ws.world.test, minimal, graded)
 
 
-def write_figures(ws: BuiltinWorkspace, views, taus, findings: dict, out: Path, copy: bool = True) -> dict[str, str]:
-    """Save every figure of the report (PNG + SVG) into ``out/figures`` (and ``figures/`` when ``copy``)."""
-    folders = (out / "figures", FIGURES) if copy else (out / "figures",)
+def write_figures(ws: BuiltinWorkspace, views, taus, findings: dict, out: Path) -> dict[str, str]:
+    """Save every figure of the report (PNG + SVG) into ``out/figures``; return ``{name: path relative to out}``."""
+    folders = (out / "figures",)
     saved = {}
 
     def keep(name: str, fig) -> None:

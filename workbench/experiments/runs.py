@@ -13,6 +13,8 @@ training time and the teacher store's statistics; ``rsum`` = the workspace's pri
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict
@@ -28,11 +30,12 @@ from workbench.evaluation.embed import embed_split
 from workbench.evaluation.evaluate import evaluate_teacher, graded_pairs
 from workbench.evaluation.protocol import ProtocolCard, TeacherCost
 from workbench.experiments.workspace import Announce, Workspace
-from workbench.io import read_json, save_checkpoint, write_json
+from workbench.io import TEMP_SUFFIX, read_json, remove_temporaries, save_checkpoint, write_json
 from workbench.models.teacher import CrossEncoder, TeacherConfig
 from workbench.scores.mining import mine_hard_negatives, relation_exclude
 from workbench.scores.similarity import topk_similarity
 from workbench.scores.teacher_scores import TeacherScores
+from workbench.training.checkpoint import checkpoint_exists
 from workbench.training.config import FitConfig
 from workbench.training.loop import fit, needs_teacher
 from workbench.training.stem import pretrain_stem, stem_accuracy
@@ -42,20 +45,37 @@ from workbench.training.teacher import TeacherTrainConfig, train_teacher
 def train_run(ws: Workspace, cfg: FitConfig, out_dir: str | Path | None, *, card: ProtocolCard | None = None,
               rerank: bool = True, resume: bool = False, progress=None, step_callbacks=(), callbacks=(),
               controlled: dict | None = None, probe_every: int = 0, announce: Announce | None = None,
-              dist: Dist | None = None) -> dict[str, Any]:
+              dist: Dist | None = None, overwrite: bool = False, check_images: str = "header") -> dict[str, Any]:
     """Train one student, evaluate it under ``card`` (default: the test split, re-ranked by the teacher when
     ``rerank``); write the run folder (main process) when ``out_dir`` is given.
 
+    Before the first step, everything the run will read or write is checked (:func:`check_run_folder`,
+    :meth:`Workspace.preflight`), so it cannot fail after training for a bad path, teacher, image or store.
+
     Args:
+        resume: continue the run in ``out_dir`` from its checkpoint (an error when it has none).
         controlled: settings of a :class:`~workbench.models.controlled.ControlledTeacher` to distil from instead
             of the trained teacher (a control experiment; recorded in config.json).
         probe_every: measure gradient coordination (cosine of ITC's and each term's gradients on a fixed probe
             batch) every N steps into the history (0 = never).
-        announce: receives the teacher's cost before training and before re-ranking.
+        announce: receives the checks, the teacher's cost before training and before re-ranking.
+        overwrite: replace a run already in ``out_dir`` (without it, or ``resume``, an existing run is an error).
+        check_images: real data: ``"header"`` (default), ``"full"`` (decode) or ``"skip"`` (see ``preflight``).
     """
     dist = current() if dist is None else dist
     card = card or ws.protocol_card("test", rerank=rerank)
+    if out_dir is not None:
+        check_run_folder(out_dir, resume=resume, overwrite=overwrite)
+    teacher_needed = (needs_teacher(cfg) and controlled is None) or card.k_test is not None
+    store_writes = (needs_teacher(cfg) and controlled is None) or (card.k_test is not None and ws.rerank_uses_store)
+    checks = ws.preflight(("train", "val", card.split), teacher=teacher_needed, store_writes=store_writes,
+                          images=check_images)
+    for line in checks if announce is not None else ():
+        announce(line)
     teacher_scores = _training_scores(ws, cfg, controlled)
+    if out_dir is not None and dist.is_main:
+        prepare_run_folder(out_dir, resume=resume, overwrite=overwrite)
+    dist.barrier()
     if announce is not None:
         announce(_training_cost(cfg, teacher_scores, ws, dist).text())
     torch.manual_seed(cfg.seed)  # the student's initialisation is part of the run's seed
@@ -110,6 +130,60 @@ def run_config(ws: Workspace, cfg: FitConfig, student: Any, controlled: dict | N
     config = getattr(student, "config_dict", dict)()
     return {"fit": cfg.to_dict(), "data": ws.describe(), "student": config, "controlled_teacher": controlled,
             "processes": (dist or current()).world_size}
+
+
+RUN_FILES = ("config.json", "history.json", "metrics.json", "checkpoint", "checkpoint.new", "checkpoint.old")
+"""What a run writes in its folder (besides ``metrics_<split>.json`` / ``eval_<split>.json`` and temporaries)."""
+
+
+def run_entries(out: str | Path) -> list[Path]:
+    """The entries of folder ``out`` that belong to a run (``[]`` when it is absent or holds none)."""
+    out = Path(out)
+    if not out.is_dir():
+        return []
+    return sorted(p for p in out.iterdir() if p.name in RUN_FILES or p.name.endswith(TEMP_SUFFIX)
+                  or (p.suffix == ".json" and p.name.startswith(("metrics_", "eval_"))))
+
+
+def check_run_folder(out: str | Path, *, resume: bool = False, overwrite: bool = False) -> None:
+    """Raise ``ValueError`` naming the fix unless ``out`` can take this run; creates nothing.
+
+    ``out`` must be a folder (or creatable as one) that this process can write; a run already there needs
+    ``resume`` (which needs its checkpoint) or ``overwrite``.
+    """
+    out = Path(out)
+    if resume and overwrite:
+        raise ValueError("--resume continues the run in --out and --overwrite replaces it: pass one of them")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; a run needs a folder (a new path, or a run folder with --resume)")
+    existing = next(p for p in (out, *out.parents) if p.exists())  # "." or "/" at the latest
+    if existing.exists() and not existing.is_dir():
+        raise ValueError(f"--out {out} cannot be created: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out} cannot be written: {existing} is read-only for this user; choose a "
+                         "writable folder")
+    if resume:
+        if not checkpoint_exists(out / "checkpoint"):
+            raise ValueError(f"--resume: {out} holds no checkpoint to continue ({out / 'checkpoint'} is missing); "
+                             "drop --resume to start a new run there")
+        return
+    entries = run_entries(out)
+    if entries and not overwrite:
+        raise ValueError(f"--out {out} already holds a run ({', '.join(p.name for p in entries)}): pass --resume "
+                         "(resume=True) to continue it, --overwrite (overwrite=True) to replace it, or choose another "
+                         "folder")
+
+
+def prepare_run_folder(out: str | Path, *, resume: bool = False, overwrite: bool = False) -> Path:
+    """Check ``out`` (:func:`check_run_folder`), then create it; ``overwrite`` first deletes the run there (only
+    the run's own files); leftover temporaries of interrupted writes are removed. Returns the folder."""
+    out = Path(out)
+    check_run_folder(out, resume=resume, overwrite=overwrite)
+    for entry in run_entries(out) if overwrite else ():
+        shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    remove_temporaries(out)
+    return out
 
 
 def write_run(out: Path, config: dict[str, Any], history: list[dict[str, Any]], metrics: dict[str, Any]) -> None:
@@ -249,6 +323,6 @@ def ensure_students(ws: Workspace, configs: Mapping[str, FitConfig], out_dir: st
         else:
             terms = " + ".join(t.name for t in cfg.losses)
             log(f"{name}: training {terms} for {cfg.steps} steps -> {run}")
-            train_run(ws, cfg, run, rerank=False)
+            train_run(ws, cfg, run, rerank=False, overwrite=True)
         found[name] = run / "checkpoint"
     return found

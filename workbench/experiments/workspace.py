@@ -22,7 +22,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,7 @@ from workbench.io import CheckpointError
 from workbench.models.stem import PatchStem
 from workbench.models.student import DualEncoder, StudentConfig
 from workbench.models.teacher import CrossEncoder, load_teacher
+from workbench.scores.store import StoreError, read_only_message, store_writable
 from workbench.scores.teacher_scores import TeacherScores
 from workbench.training.stem import pretrain_stem
 
@@ -55,6 +56,9 @@ REAL_FIT_DEFAULTS: dict[str, Any] = {"positives": "coco", "lr": 1e-5, "warmup": 
 these unless given): COCO positives (a caption matches its own image), CLIP-style fine-tuning learning rate."""
 
 Announce = Callable[[str], None]
+IMAGE_CHECKS = ("header", "full", "skip")
+"""How a real-data run checks its images before the first step (see :meth:`Workspace.preflight`)."""
+STUDENT_MODEL_TYPES = {"clip": "clip", "blip_itc": "blip"}
 
 
 def world_namespace(cfg: WorldConfig) -> str:
@@ -72,6 +76,7 @@ class Workspace:
         data: has ``train`` / ``val`` / ``test`` splits and ``split(name)``; ``fit`` reads ``data.train``.
         store_path: the persistent teacher-score store (``None``: scores live in this process only).
         primary: the protocol whose RSUM is a run's headline number (``metrics["rsum"]``).
+        rerank_uses_store: whether teacher re-ranking reads and writes the store.
     """
 
     kind: str
@@ -79,6 +84,7 @@ class Workspace:
     data: Any
     store_path: Path | None
     primary: str
+    rerank_uses_store: bool
     _scores: dict[str, TeacherScores]
 
     # --- data, models, store ------------------------------------------------------------------------------------
@@ -110,6 +116,34 @@ class Workspace:
 
     def _scorer_options(self, split: str) -> dict[str, Any]:
         return {}
+
+    def preflight(self, splits: Sequence[str], *, teacher: bool, store_writes: bool,
+                  images: str = "header") -> list[str]:
+        """Check what a run will read and write before its first step, so that it cannot fail after training:
+        the teacher (when ``teacher``), the student's source, the data of ``splits`` and, when ``store_writes``,
+        that the store can be written. Returns lines saying what was checked and what was skipped.
+
+        Args:
+            images: real data: open every image's header (``"header"``), decode every image (``"full"``), or
+                only check that the files exist (``"skip"``).
+
+        Raises:
+            ValueError / OSError / StoreError: naming what is wrong and where.
+        """
+        check_choice("images", images, IMAGE_CHECKS)
+        if teacher:
+            self._check_teacher()
+        if store_writes and self.store_path is not None and not store_writable(self.store_path):
+            raise StoreError(read_only_message(self.store_path, "this run"))
+        return self._check_data(list(dict.fromkeys(splits)), images)
+
+    def _check_teacher(self) -> None:
+        raise NotImplementedError
+
+    def _check_data(self, splits: list[str], images: str) -> list[str]:
+        for name in splits:
+            self.split(name)
+        return []
 
     def controlled_scores(self, settings: dict[str, Any]) -> Callable:
         """A ground-truth teacher's scores (a control; built-in world only)."""
@@ -188,6 +222,7 @@ class BuiltinWorkspace(Workspace):
     kind = "builtin"
     dataset = "builtin"
     primary = "semantic"
+    rerank_uses_store = False  # the teacher's own pair scorer re-ranks
 
     @property
     def data(self) -> World:
@@ -218,6 +253,9 @@ class BuiltinWorkspace(Workspace):
             s = self.split(split)
             self._eval_sets[split] = (minimal_pairs(s, per_kind=500), graded_pairs(s))
         return self._eval_sets[split]
+
+    def _check_teacher(self) -> None:
+        self.teacher  # noqa: B018  (raises, naming the fix, when this workspace has no teacher)
 
     def _extras(self, split: str) -> dict[str, Any]:
         minimal, graded = self.eval_sets(split)
@@ -326,6 +364,7 @@ class KarpathyWorkspace(Workspace):
 
     kind = "karpathy"
     primary = "coco"
+    rerank_uses_store = True
 
     @property
     def dataset(self) -> str:
@@ -349,6 +388,26 @@ class KarpathyWorkspace(Workspace):
         from workbench.models.hf import HFStudent
 
         return HFStudent(self.student_source, self.student_kind, device=self.model_device)
+
+    def _check_teacher(self) -> None:
+        from workbench.models.hf.loading import check_model_source
+
+        if self._teacher is None:
+            check_model_source(self.teacher_source, "blip", "teacher model")
+
+    def _check_data(self, splits: list[str], images: str) -> list[str]:
+        from workbench.models.hf.loading import check_model_source
+
+        check_model_source(self.student_source, STUDENT_MODEL_TYPES[self.student_kind], "student model")
+        counts = {name: self.split(name).num_images for name in splits}  # loading checks that every file exists
+        if images != "skip":
+            for name in splits:
+                self.split(name).check_images(decode=images == "full")
+        what = {"skip": "exist (not opened: --check-images header or full opens them)",
+                "header": "exist and open as images (headers; --check-images full decodes every one)",
+                "full": "exist and decode"}[images]
+        listed = ", ".join(f"{n:,} {name}" for name, n in counts.items())
+        return [f"checks     student {self.student_source}: found; images ({listed}): all {what}"]
 
     def _scorer_options(self, split: str) -> dict[str, Any]:
         """Training keeps an LRU cache of ``teacher_cache_images`` image encodings; evaluation splits cache all."""

@@ -1,6 +1,7 @@
 """Figures. Functions take arrays/data and return matplotlib axes or figures; :func:`save_figure` writes PNG + SVG.
 
-Every figure the workbench produces goes through :func:`save_figure` into ``figures/`` (and optionally a run folder).
+Every figure the workbench produces goes through :func:`save_figure` into the folders its caller names (a run's
+``figures/``). ``FIGURES`` is the repository's ``figures/`` (the README's figures): only ``make figures`` writes there.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from workbench.io import atomic_write_bytes  # noqa: E402
 FIGURES = Path(__file__).resolve().parents[2] / "figures"
 
 
-def save_figure(fig: plt.Figure, name: str, folders: Sequence[str | Path] = (FIGURES,)) -> list[Path]:
+def save_figure(fig: plt.Figure, name: str, folders: Sequence[str | Path]) -> list[Path]:
     """Write ``name.png`` (150 dpi) and ``name.svg`` into each folder atomically; return the paths."""
     import io
 
@@ -69,7 +70,7 @@ def method_bars(
     return ax
 
 
-def world_figure(split: Split, n: int = 8, folders: Sequence[str | Path] = (FIGURES,)) -> list[Path]:
+def world_figure(split: Split, n: int = 8, *, folders: Sequence[str | Path]) -> list[Path]:
     """Save ``world_examples.{png,svg}``: the first ``n`` images of a split with their 5 captions."""
     captions = [[split.texts[c] for c in (split.caption_image == i).nonzero().flatten().tolist()] for i in range(n)]
     fig = image_grid(split.images[:n], captions)

@@ -372,7 +372,8 @@ RunFn = Callable[..., dict[str, Any]]
 
 
 def compare_runs(ws: Any, terms: Mapping[str, LossTerm | None], base: FitConfig, *,
-                 out_dir: str | Path | None = None, train: RunFn | None = None) -> pd.DataFrame:
+                 out_dir: str | Path | None = None, train: RunFn | None = None,
+                 overwrite: bool = False) -> pd.DataFrame:
     """A short training run per distillation term (ITC + the term; ``None`` = ITC alone), one table row each.
 
     Args:
@@ -380,6 +381,7 @@ def compare_runs(ws: Any, terms: Mapping[str, LossTerm | None], base: FitConfig,
         terms: row name -> the distillation ``LossTerm`` added to ITC (or ``None``).
         base: the run settings (its ``losses`` are replaced); same seed for every row.
         out_dir: when given, each run is written to ``out_dir/<row name>`` like a CLI run.
+        overwrite: replace runs already in those folders (without it they are an error).
         train: ``train_student_run`` (injectable for tests).
 
     Columns: final training loss, validation semantic RSUM, test R@1 both directions, test RSUM, minimal pairs.
@@ -391,7 +393,8 @@ def compare_runs(ws: Any, terms: Mapping[str, LossTerm | None], base: FitConfig,
         cfg = base.with_(losses=(LossTerm(ITC),) + ((term,) if term is not None else ()))
         history: list[dict] = []
         folder = Path(out_dir) / name if out_dir is not None else None
-        m = train(ws, cfg, folder, rerank=False, callbacks=(lambda step, row, h=history: h.append(row),))
+        m = train(ws, cfg, folder, rerank=False, callbacks=(lambda step, row, h=history: h.append(row),),
+                  overwrite=overwrite)
         sem = m["retrieval"]["semantic"]
         rows[name] = {"loss": history[-1]["loss"] if history else float("nan"),
                       "val_rsum": history[-1].get("val_semantic_rsum", float("nan")) if history else float("nan"),

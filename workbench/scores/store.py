@@ -19,6 +19,10 @@ may have written them meanwhile), and what the teacher computes is written throu
 Integrity: a row whose checksum does not match or whose values are not finite is never used: it counts as a
 miss and in ``stats.corrupt``, and :meth:`TeacherScoreStore.get_or_compute` recomputes and overwrites it.
 A file that is not a store raises ``ValueError`` when opened. Committed rows survive an interrupted process.
+Every SQLite failure becomes a :class:`StoreError` (a ``ValueError``) naming the file, the problem and the fix: a
+damaged file (garbled pages) -> move it aside and start a new store; a store that must be written but cannot be
+(read-only file or folder) -> point ``--store`` elsewhere. A read-only store opens read-only and serves lookups;
+it raises only when a pair is missing and would have to be computed and stored.
 
 Concurrency: several processes (data-parallel ranks) may share a file. Each opens its own store; writes are
 short ``BEGIN IMMEDIATE`` transactions with ``ON CONFLICT DO UPDATE``, under a busy timeout, retried when SQLite
@@ -30,9 +34,12 @@ per process).
 from __future__ import annotations
 
 import hashlib
+import os
 import sqlite3
 import time
-from collections.abc import Callable
+import urllib.parse
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -79,6 +86,46 @@ _UPSERT = (
     "ON CONFLICT (scope_id, image_id, caption_id) DO UPDATE SET "
     "logit = excluded.logit, prob = excluded.prob, checksum = excluded.checksum"
 )
+
+
+class StoreError(ValueError):
+    """The store file cannot serve a request: damaged, read-only where a write is needed, or another SQLite failure.
+    The message names the file, the problem and the fix."""
+
+
+def read_only_message(path: Path, doing: str) -> str:
+    """The one-line error for a store that must be written (``doing``) but is read-only."""
+    return (f"teacher-score store {path} is read-only (the file or its folder cannot be written) and {doing} needs "
+            f"to write to it: pass --store with a writable path (a new store is created there), or copy this one "
+            f"first (cp {path} runs/teacher_scores.sqlite; --store runs/teacher_scores.sqlite)")
+
+
+def damaged_message(path: Path, err: Exception) -> str:
+    """The one-line error for a store whose file SQLite reports damaged."""
+    return (f"teacher-score store {path} is damaged (SQLite: {err}): move it aside and start a new one with "
+            f"`mv {path} {path}.damaged` (scores are recomputed as needed), or pass --store with another path")
+
+
+@contextmanager
+def sqlite_errors(path: Path, doing: str) -> Iterator[None]:
+    """Turn any ``sqlite3.Error`` (and an OS error creating the file) raised inside into a :class:`StoreError`."""
+    try:
+        yield
+    except sqlite3.Error as err:
+        text = str(err).lower()
+        if "readonly" in text or "read-only" in text or ("unable to open" in text and not store_writable(path)):
+            raise StoreError(read_only_message(path, doing)) from err
+        if "malformed" in text or "not a database" in text or "corrupt" in text:
+            raise StoreError(damaged_message(path, err)) from err
+        raise StoreError(f"teacher-score store {path}: SQLite failed while {doing}: {err}") from err
+    except PermissionError as err:
+        raise StoreError(read_only_message(path, doing)) from err
+
+
+def store_writable(path: Path) -> bool:
+    """Whether SQLite can write ``path`` (the file, if it exists, and its folder, for the WAL and lock files)."""
+    folder = path.parent if path.parent.exists() else next((p for p in path.parents if p.exists()), Path("."))
+    return os.access(folder, os.W_OK | os.X_OK) and (not path.exists() or os.access(path, os.W_OK))
 
 
 @dataclass(frozen=True)
@@ -145,6 +192,8 @@ class TeacherScoreStore:
 
     Raises:
         ValueError: ``path`` exists but is not a store (not SQLite, another schema, a newer schema version).
+        StoreError: the file is damaged, or read-only where a write is needed (when opening: a store that does
+            not know this teacher yet); later calls raise it too (e.g. a read-only store asked for a missing pair).
     """
 
     def __init__(
@@ -167,9 +216,12 @@ class TeacherScoreStore:
         self.dtype, self.use_cache = dtype, bool(cache)
         self._stats = StoreStats()
         self._seed = int.from_bytes(hashlib.blake2b(f"{fingerprint}\0{namespace}".encode(), digest_size=8).digest())
-        self._conn = _connect(self.path, timeout)
+        self.writable = str(self.path) == ":memory:" or store_writable(self.path)
+        with sqlite_errors(self.path, "opening the store"):
+            self._conn = _connect(self.path, timeout, self.writable)
         try:
-            self._scope = _retry(self._ensure_scope)
+            with sqlite_errors(self.path, "registering a teacher it holds no scores of"):
+                self._scope = _retry(self._ensure_scope)
         except BaseException:
             self._conn.close()
             raise
@@ -198,7 +250,8 @@ class TeacherScoreStore:
         """
         keys, device = _pair_keys(image_ids, caption_ids)
         uniq, inverse = np.unique(keys, return_inverse=True)
-        found, vals = self._find(uniq, inverse)
+        with sqlite_errors(self.path, "reading scores"):
+            found, vals = self._find(uniq, inverse)
         return torch.from_numpy(found[inverse]).to(device), *self._out(vals[inverse], device)
 
     def get_or_compute(
@@ -218,8 +271,11 @@ class TeacherScoreStore:
         check_int("batch_size", batch_size, min_value=1)
         keys, device = _pair_keys(image_ids, caption_ids)
         uniq, inverse = np.unique(keys, return_inverse=True)
-        found, vals = self._find(uniq, inverse)
+        with sqlite_errors(self.path, "reading scores"):
+            found, vals = self._find(uniq, inverse)
         missing = np.flatnonzero(~found)
+        if missing.size and not self.writable:  # before the teacher runs: its work could not be kept
+            raise StoreError(read_only_message(self.path, f"scoring {missing.size} pair(s) it does not hold"))
         for start in range(0, missing.size, batch_size):
             rows = missing[start : start + batch_size]
             vals[rows] = self._compute_and_store(uniq[rows], compute)
@@ -232,11 +288,15 @@ class TeacherScoreStore:
         keys, _ = _pair_keys(image_ids, caption_ids)
         vals = _check_scores(logits, probs, keys.size, "put")
         uniq, first = _last_of_each(keys)
+        if not self.writable:
+            raise StoreError(read_only_message(self.path, "storing scores"))
         self._write(uniq, vals[first])
 
     def __len__(self) -> int:
         """Rows stored for this fingerprint and namespace (valid or not)."""
-        return self._conn.execute("SELECT COUNT(*) FROM scores WHERE scope_id = ?", (self._scope,)).fetchone()[0]
+        query = "SELECT COUNT(*) FROM scores WHERE scope_id = ?"
+        with sqlite_errors(self.path, "counting rows"):
+            return self._conn.execute(query, (self._scope,)).fetchone()[0]
 
     def close(self) -> None:
         """Close the SQLite connection (idempotent)."""
@@ -395,7 +455,8 @@ class TeacherScoreStore:
         check = self._checksums(img, cap, logit, prob)
         rows = list(zip([self._scope] * len(img), img.tolist(), cap.tolist(), logit.tolist(), prob.tolist(),
                         check.tolist(), strict=True))
-        _retry(lambda: _transaction(self._conn, lambda c: c.executemany(_UPSERT, rows)))
+        with sqlite_errors(self.path, "storing teacher scores"):
+            _retry(lambda: _transaction(self._conn, lambda c: c.executemany(_UPSERT, rows)))
         if self.use_cache and self._keys is not None:
             self._cache_add(keys, vals)
         self._bump(seconds_write=time.perf_counter() - start)
@@ -424,20 +485,35 @@ class TeacherScoreStore:
 # --- SQLite helpers ---------------------------------------------------------------------------------------------
 
 
-def _connect(path: Path, timeout: float) -> sqlite3.Connection:
-    """Open ``path`` as a store (creating it if absent or empty); raise ``ValueError`` if it is something else."""
+def _connect(path: Path, timeout: float, writable: bool = True) -> sqlite3.Connection:
+    """Open ``path`` as a store (creating it if absent or empty); raise ``ValueError`` if it is something else.
+
+    Not ``writable`` (the file or its folder is read-only): opened read-only (``immutable`` when the folder is
+    read-only, as no WAL index can be made there); an absent or empty file then cannot become a store.
+    """
     if path.is_dir():
         raise ValueError(f"teacher-score store path {path} is a directory; expected an SQLite file")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(str(path), timeout=timeout, isolation_level=None)
+    if not path.parent.is_dir() and str(path) != ":memory:":
+        path.parent.mkdir(parents=True, exist_ok=True)
+    if not writable and not path.exists():
+        raise StoreError(read_only_message(path, "creating a new store"))
+    if writable:
+        conn = sqlite3.connect(str(path), timeout=timeout, isolation_level=None)
+    else:
+        flags = "mode=ro" + ("" if os.access(path.parent, os.W_OK | os.X_OK) else "&immutable=1")
+        uri = f"file:{urllib.parse.quote(str(path.resolve()))}?{flags}"
+        conn = sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None)
     try:
         tables = _tables(conn, path)
+        if not tables and not writable:
+            raise StoreError(read_only_message(path, "creating a new store"))
         if not tables:
             _retry(lambda: _create(conn))
         else:
             _check_schema(conn, path, tables)
-        _retry(lambda: conn.execute("PRAGMA journal_mode = WAL"))
-        conn.execute("PRAGMA synchronous = FULL")
+        if writable:
+            _retry(lambda: conn.execute("PRAGMA journal_mode = WAL"))
+            conn.execute("PRAGMA synchronous = FULL")
     except BaseException:
         conn.close()
         raise
@@ -448,9 +524,22 @@ def _tables(conn: sqlite3.Connection, path: Path) -> set[str]:
     try:
         return {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     except sqlite3.DatabaseError as err:
+        if _is_sqlite_file(path) and "unable to open" not in str(err) and "readonly" not in str(err):
+            raise StoreError(damaged_message(path, err)) from err
+        if "unable to open" in str(err) or "readonly" in str(err):
+            raise
         raise ValueError(
             f"{path} is not a teacher-score store: expected an SQLite database, but SQLite says: {err}"
         ) from err
+
+
+def _is_sqlite_file(path: Path) -> bool:
+    """Whether ``path`` starts with SQLite's file header (a damaged store, rather than another kind of file)."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(16) == b"SQLite format 3\x00"
+    except OSError:
+        return False
 
 
 def _create(conn: sqlite3.Connection) -> None:

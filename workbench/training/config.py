@@ -76,7 +76,7 @@ class FitConfig:
     positives: str = "semantic"  # positives for ITC and mining: "semantic" (ground truth) or "coco" (own captions)
     near_misses: bool = False  # NegCLIP-style: each caption's near-miss as an extra i2t negative (no teacher)
     # --- distillation slates (used only when a term other than itc is present)
-    k: int = 8  # mined negatives per query
+    k: int = 8  # mined negatives per query (read only when a distillation term is present)
     pool: str = "batch"  # mining pool: "batch" | "queue" (batch + recent embeddings) | "gallery" (whole split)
     queue_size: int = 4096
     refresh_every: int = 100  # gallery pool: re-embed the training split every N steps
@@ -94,6 +94,11 @@ class FitConfig:
     def __post_init__(self) -> None:
         if not self.losses:
             raise ValueError("losses must hold at least one term, got an empty list")
+        names = [t.name for t in self.losses]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"loss term names must be unique (each term is applied and logged by its name), got "
+                             f"{repeated} more than once in {names}: give each loss once, with its total weight")
         for name in ("steps", "batch", "eval_every"):
             check_int(name, getattr(self, name), min_value=1)
         check_int("batch", self.batch, min_value=2)
@@ -111,7 +116,7 @@ class FitConfig:
         check_float("teacher_temperature", self.teacher_temperature, min_value=0.0, strict_min=True)
         if self.negatives == "all" and self.pool != "batch":
             raise ValueError(f"negatives='all' takes the whole batch: it needs pool='batch', got {self.pool!r}")
-        if self.pool == "batch" and self.negatives == "hard" and self.k >= self.batch:
+        if self.distill_terms and self.pool == "batch" and self.negatives == "hard" and self.k >= self.batch:
             raise ValueError(f"k={self.k} must be smaller than the batch ({self.batch}) when mining in-batch")
 
     @property

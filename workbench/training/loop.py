@@ -23,7 +23,10 @@ the main process write checkpoints. ``cfg.batch`` is the per-rank batch; one pro
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +42,7 @@ from workbench.losses import ScoreBatch, get_loss, loss_spec
 from workbench.models.student import DualEncoder
 from workbench.scores.mining import EmbeddingQueue
 from workbench.training.batches import near_miss_columns, sample_pairs
-from workbench.training.checkpoint import load_trainer_state, save_trainer_state
+from workbench.training.checkpoint import load_trainer_state, recover_checkpoint, save_trainer_state
 from workbench.training.common import make_optimizer, seed_everything
 from workbench.training.config import ITC, FitConfig
 from workbench.training.slates import Side, distill_batch, itc_batch
@@ -333,13 +336,17 @@ def fit(
             ``cfg`` has distillation terms (e.g. :class:`~workbench.scores.teacher_scores.TeacherScores`).
         evaluate: called every ``eval_every`` steps and at the end; its dict is merged into the history row.
         out_dir: where checkpoints go (``out_dir/checkpoint``); needed for ``checkpoint_every`` and ``resume``.
-        resume: continue from ``out_dir/checkpoint`` if present (same config required).
+        resume: continue from ``out_dir/checkpoint`` if present (same config required; a save that was
+            interrupted is completed or undone first).
         callbacks: ``cb(step, row)`` after each logged row (live plots, tables; never inside the step).
         step_callbacks: ``cb(step, row)`` after every step with that step's losses (e.g. a progress-bar postfix).
             Any callback may raise :class:`StopTraining` to end the run early (final row logged, checkpoint saved).
         progress: wraps the step range (e.g. ``lambda r: tqdm(r)``).
         dist: the data-parallel context; default: the initialised process group, if any (else one process).
             Every rank calls ``fit`` with the same arguments; only the main process writes checkpoints.
+
+    With an ``out_dir``, Ctrl-C ends the run after the step in progress: the checkpoint of that step is saved and
+    :class:`TrainingInterrupted` (a ``KeyboardInterrupt``) is raised; resume with ``resume=True``.
     """
     dist = current() if dist is None else dist
     losses = build_losses(cfg)
@@ -352,8 +359,32 @@ def fit(
     state = init_state(cfg, student, device, dist)
     near = build_near_misses(world.train) if cfg.near_misses else None
     ctx = StepContext(world, cfg, student, losses, teacher_scores, near, device, dist)
-    if resume and out_dir is not None and (Path(out_dir) / "checkpoint").is_dir():
-        load_trainer_state(Path(out_dir) / "checkpoint", state, cfg)
+    checkpoint = Path(out_dir) / "checkpoint" if out_dir is not None else None
+    if resume and checkpoint is not None:
+        _resume(state, cfg, checkpoint, dist)
+    with deferred_interrupt(checkpoint is not None) as interrupted:
+        _loop(state, ctx, evaluate, callbacks, step_callbacks, progress, checkpoint, interrupted)
+    student.eval()
+    if checkpoint is not None and dist.is_main:
+        save_trainer_state(checkpoint, state, cfg)
+    dist.barrier()
+    return state
+
+
+def _resume(state: TrainState, cfg: FitConfig, checkpoint: Path, dist: Dist) -> None:
+    """Load ``checkpoint`` into ``state`` if there is one (an interrupted save is completed or undone first)."""
+    if dist.is_main:
+        recover_checkpoint(checkpoint)
+    dist.barrier()
+    if checkpoint.is_dir():
+        load_trainer_state(checkpoint, state, cfg)
+
+
+def _loop(state: TrainState, ctx: StepContext, evaluate, callbacks, step_callbacks, progress,
+          checkpoint: Path | None, interrupted: threading.Event) -> None:
+    """The steps from ``state.step`` to ``cfg.steps``: log, evaluate, checkpoint; stop early on StopTraining, or
+    on Ctrl-C (checkpoint saved, :class:`TrainingInterrupted` raised)."""
+    cfg, dist = ctx.cfg, ctx.dist
     steps = range(state.step, cfg.steps)
     row: dict[str, Any] | None = None
     try:
@@ -366,16 +397,63 @@ def fit(
                 cb(state.step, row)
             if state.step % cfg.eval_every == 0 or state.step == cfg.steps:
                 _log(state, row, evaluate, callbacks)
-            if out_dir is not None and cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and dist.is_main:
-                save_trainer_state(Path(out_dir) / "checkpoint", state, cfg)
+            if checkpoint is not None and cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 \
+                    and dist.is_main:
+                save_trainer_state(checkpoint, state, cfg)
+            if _any_rank(interrupted.is_set(), dist) and state.step < cfg.steps:
+                _stop_interrupted(state, cfg, checkpoint, dist)
     except StopTraining:
         if row is not None and (not state.history or state.history[-1]["step"] != state.step):
             _log(state, row, evaluate, callbacks, stopping=True)
-    student.eval()
-    if out_dir is not None and dist.is_main:
-        save_trainer_state(Path(out_dir) / "checkpoint", state, cfg)
+
+
+def _any_rank(flag: bool, dist: Dist) -> bool:
+    """Whether ``flag`` is set on any rank (one tiny all-reduce per call under several processes)."""
+    return dist.mean_values({"flag": float(flag)})["flag"] > 0 if dist.enabled else flag
+
+
+def _stop_interrupted(state: TrainState, cfg: FitConfig, checkpoint: Path, dist: Dist) -> None:
+    state.student.eval()
+    if dist.is_main:
+        save_trainer_state(checkpoint, state, cfg)
     dist.barrier()
-    return state
+    raise TrainingInterrupted(state.step, checkpoint)
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) during :func:`fit` with an ``out_dir``: the step in progress completed, the checkpoint of
+    that step was saved, then this is raised (a ``KeyboardInterrupt``). ``fit(..., resume=True)`` continues it.
+
+    Attributes:
+        step: the last completed step; checkpoint: the checkpoint folder holding it.
+    """
+
+    def __init__(self, step: int, checkpoint: Path):
+        super().__init__(f"interrupted after step {step}; checkpoint saved in {checkpoint}")
+        self.step, self.checkpoint = step, checkpoint
+
+
+@contextmanager
+def deferred_interrupt(enabled: bool = True) -> Iterator[threading.Event]:
+    """Within: the first Ctrl-C (SIGINT) only sets the yielded event, which the loop reads between steps (so a
+    checkpoint is never cut in half); a second Ctrl-C interrupts at once. Main thread only (elsewhere, and when
+    not ``enabled``, the event is never set and Ctrl-C behaves as usual)."""
+    flag = threading.Event()
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    previous = signal.default_int_handler if previous is None else previous
+
+    def handler(signum, frame) -> None:
+        flag.set()
+        signal.signal(signal.SIGINT, previous)
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _gallery_due(cfg: FitConfig, state: TrainState) -> bool:

@@ -54,6 +54,18 @@ def _load(loader: Any, name_or_path: str | os.PathLike, what: str) -> Any:
         raise OSError(f"cannot load the {what} from {where} {source!r}{offline}: {err}") from err
 
 
+def check_model_source(name_or_path: str | os.PathLike, model_type: str, what: str) -> None:
+    """Check, without loading weights, that ``name_or_path`` resolves (local folder, cache or hub) to a
+    ``model_type`` checkpoint: reads its config only. Raises ``OSError`` / ``FileNotFoundError`` / ``ValueError``
+    naming the source."""
+    from transformers import AutoConfig
+
+    config = _load(AutoConfig, name_or_path, what)
+    if config.model_type != model_type:
+        raise ValueError(f"{what} {os.fspath(name_or_path)!r} is a {config.model_type!r} checkpoint; expected a "
+                         f"{model_type!r} one")
+
+
 def _load_model(cls: type, name_or_path: str | os.PathLike, model_type: str, what: str) -> Any:
     """Load ``cls`` after checking that the checkpoint's ``model_type`` is ``model_type`` (transformers would
     otherwise warn and randomly initialise whatever does not match)."""
