@@ -122,7 +122,8 @@ def itc_terms(ctx: StepContext, view: BatchView, img_cpu: torch.Tensor, cap_cpu:
     sim = scale * view.e_img @ view.all_txt.T
     sim_i2t, pos_i2t = sim, positive
     if ctx.cfg.near_misses:
-        tokens, truth = near_miss_columns(split, ctx.near, img_cpu, cap_cpu, gen)
+        tokens, truth = near_miss_columns(split, ctx.near, img_cpu, cap_cpu, gen, ctx.cfg.near_miss_count,
+                                          ctx.cfg.near_miss_flip_weight)
         extra = scale * view.e_img @ ctx.student.encode_text(tokens.to(view.e_img.device)).T
         sim_i2t, pos_i2t = torch.cat([sim, extra], 1), torch.cat([positive, truth.to(view.e_img.device)], 1)
     i2t = loss(itc_batch(sim_i2t.float(), pos_i2t))
