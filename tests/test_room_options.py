@@ -181,3 +181,18 @@ def test_several_near_misses_per_caption(tiny_world):
     _, _, k = near.sample_with_kind(cap, gen, torch.tensor([1.0] * 2 + [1e6] + [1.0] * 3))
     assert (k[near.available[cap, flips]] == flips).all()
     assert not truth[torch.arange(len(toks)), torch.arange(len(toks))].any()  # own image: every near-miss false
+
+
+def test_group_batches_hold_whole_contrast_groups(chain_world):
+    from workbench.training.batches import sample_group_pairs, sample_pairs
+
+    s = chain_world.train
+    assert torch.equal(s.groups, torch.arange(s.num_images) // CHAIN.group_size)
+    img, cap = sample_group_pairs(s, 12, torch.Generator().manual_seed(0))
+    assert len(set(img.tolist())) == 12 and (s.caption_image[cap] == img).all()
+    assert (torch.bincount(s.groups[img]) % CHAIN.group_size == 0).all()  # 4 whole groups of 3
+    assert chain_world.train.groups is not None and build_split(WorldConfig(n_val=5), "val").groups is None
+    tiny = build_split(WorldConfig(n_val=8), "val")  # no groups: plain random batches
+    a = sample_group_pairs(tiny, 4, torch.Generator().manual_seed(1))
+    b = sample_pairs(tiny, 4, torch.Generator().manual_seed(1))
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from workbench.data.grammar import canonical
-from workbench.data.scene import COLOURS, SHAPES
+from workbench.data.scene import COLOURS, SHAPES, CaptionSpec
 from workbench.data.world import Split
 
 N_KINDS = len(SHAPES) * len(COLOURS)
@@ -36,66 +36,65 @@ def image_targets(split: Split) -> dict[str, torch.Tensor]:
 def text_targets(split: Split) -> dict[str, torch.Tensor]:
     """Rows (caption, kind x axis group, is-first label) for coloured mentions of relational captions.
 
-    Captions with more than one relation (chains) use their first relation's pair."""
+    One row per relation fact and coloured mention, from the fact's canonical form ("X left of / above Y"); in
+    chains a (kind, axis) that is first in one fact and second in another is left out (no single answer)."""
     cap, group, label = [], [], []
     for c, spec in enumerate(split.captions):
-        if spec.relation is None:
-            continue
-        pair = CaptionPair(spec)
-        canon = canonical(pair.spec)
-        axis = 0 if canon.relation == 0 else 1
-        for j, m in enumerate(canon.mentions):
-            if m.colour is None:
-                continue
-            cap.append(c)
-            group.append((m.shape * len(COLOURS) + m.colour) * 2 + axis)
-            label.append(int(j == 0))
+        rows: dict[int, set[int]] = {}
+        for i, j, relation in spec.relations:
+            canon = canonical(CaptionSpec((spec.mentions[i], spec.mentions[j]), relation))
+            axis = 0 if canon.relation == 0 else 1
+            for k, m in enumerate(canon.mentions):
+                if m.colour is not None:
+                    rows.setdefault((m.shape * len(COLOURS) + m.colour) * 2 + axis, set()).add(int(k == 0))
+        for g, labels in rows.items():
+            if len(labels) == 1:
+                cap.append(c)
+                group.append(g)
+                label.append(labels.pop())
     t = lambda x: torch.tensor(x, dtype=torch.long)  # noqa: E731
     return {"item": t(cap), "group": t(group), "role": t(label)}
 
 
-class CaptionPair:
-    """The (first relation's) two-mention caption of a spec."""
-
-    def __init__(self, spec):
-        from workbench.data.scene import CaptionSpec
-
-        self.spec = CaptionSpec(tuple(spec.mentions[:2]), spec.relation)
-
-
 def fit_group_probe(x_tr, g_tr, y_tr, x_te, g_te, y_te, n_groups: int, n_classes: int, *, hidden: int = 0,
-                    l2: float = 1e-3, steps: int = 300, seed: int = 0) -> dict[str, float]:
-    """One classifier per group on features x [n, E]; returns test accuracy and the majority baseline (both in %).
+                    l2: float = 1e-3, steps: int = 200, seed: int = 0) -> dict[str, float]:
+    """Classifier(s) on features x [n, E]; returns test / train accuracy and the per-group majority baseline (%).
 
-    Linear (``hidden=0``): logits = x @ W[g] + b[g]; MLP: a shared hidden layer per group (ReLU, ``hidden`` units).
-    Full-batch L-BFGS on the mean cross-entropy + ``l2`` * squared weights. Features are standardised on train.
+    Linear (``hidden=0``): one linear classifier per group, logits = x @ W[g] + b[g], L2 ``l2``.
+    MLP (``hidden`` > 0): one shared ReLU MLP on [x, one-hot(group)] (can model any group x feature interaction).
+    Full-batch L-BFGS on the mean cross-entropy. Features are standardised on train.
     """
     torch.manual_seed(seed)
     mu, sd = x_tr.mean(0), x_tr.std(0) + 1e-6
     x_tr, x_te = (x_tr - mu) / sd, (x_te - mu) / sd
     e = x_tr.shape[1]
     if hidden:
-        w1 = (torch.randn(n_groups, e, hidden) / e**0.5).requires_grad_()
-        b1 = torch.zeros(n_groups, hidden, requires_grad=True)
-        w2 = (torch.randn(n_groups, hidden, n_classes) / hidden**0.5).requires_grad_()
-        params = [w1, b1, w2]
-    else:
-        w2 = torch.zeros(n_groups, e, n_classes, requires_grad=True)
-        params = [w2]
-    b = torch.zeros(n_groups, n_classes, requires_grad=True)
-    params.append(b)
+        net = torch.nn.Sequential(torch.nn.Linear(e + n_groups, hidden), torch.nn.ReLU(),
+                                  torch.nn.Linear(hidden, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, n_classes))
+        params = list(net.parameters())
 
-    def logits(x, g):
-        if hidden:
-            h = F.relu(torch.einsum("ne,neh->nh", x, w1[g]) + b1[g])
-            return torch.einsum("nh,nhc->nc", h, w2[g]) + b[g]
-        return torch.einsum("ne,nec->nc", x, w2[g]) + b[g]
+        def logits(x, g):
+            return net(torch.cat([x, F.one_hot(g, n_groups).float()], 1))
+
+        def penalty():
+            return l2 * sum((m.weight**2).sum() for m in net if isinstance(m, torch.nn.Linear))
+    else:
+        w = torch.zeros(e, n_groups * n_classes, requires_grad=True)
+        b = torch.zeros(n_groups, n_classes, requires_grad=True)
+        params = [w, b]
+
+        def logits(x, g):
+            out = (x @ w).view(len(x), n_groups, n_classes)
+            return out[torch.arange(len(x)), g] + b[g]
+
+        def penalty():
+            return l2 * (w**2).sum() / n_groups
 
     opt = torch.optim.LBFGS(params, lr=1, max_iter=steps, history_size=20, line_search_fn="strong_wolfe")
 
     def closure():
         opt.zero_grad()
-        loss = F.cross_entropy(logits(x_tr, g_tr), y_tr) + l2 * sum((p**2).sum() for p in params[:-1]) / n_groups
+        loss = F.cross_entropy(logits(x_tr, g_tr), y_tr) + penalty()
         loss.backward()
         return loss
 
@@ -103,7 +102,6 @@ def fit_group_probe(x_tr, g_tr, y_tr, x_te, g_te, y_te, n_groups: int, n_classes
     with torch.no_grad():
         acc = (logits(x_te, g_te).argmax(1) == y_te).float().mean().item()
         train_acc = (logits(x_tr, g_tr).argmax(1) == y_tr).float().mean().item()
-    # majority class per group, learned on train
     counts = torch.zeros(n_groups, n_classes)
     counts.index_put_((g_tr, y_tr), torch.ones(len(y_tr)), accumulate=True)
     base = (counts.argmax(1)[g_te] == y_te).float().mean().item()
@@ -111,7 +109,7 @@ def fit_group_probe(x_tr, g_tr, y_tr, x_te, g_te, y_te, n_groups: int, n_classes
 
 
 def probe_embeddings(train: Split, test: Split, img_tr, txt_tr, img_te, txt_te, hidden: int = 0,
-                     l2: float = 1e-3) -> dict[str, dict[str, float]]:
+                     l2: float = 1e-4) -> dict[str, dict[str, float]]:
     """Image column/row probes and the text role probe on given embeddings (train split fit, test split scored)."""
     out = {}
     if img_tr is not None:
@@ -147,13 +145,14 @@ def bag_of_words(split: Split) -> torch.Tensor:
 
 
 def canonical_roles(split: Split) -> torch.Tensor:
-    """float [M, 2 * kinds]: one-hot of the canonical first and second argument's kind (holds the answer)."""
-    out = torch.zeros(split.num_captions, 2 * N_KINDS)
+    """float [M, 2 * axes * kinds]: one-hot of each relation fact's canonical first / second argument kind, per axis
+    (holds the answer of the role probe)."""
+    out = torch.zeros(split.num_captions, 4 * N_KINDS)
     for c, spec in enumerate(split.captions):
-        if spec.relation is None:
-            continue
-        canon = canonical(CaptionPair(spec).spec)
-        for j, m in enumerate(canon.mentions):
-            if m.colour is not None:
-                out[c, j * N_KINDS + m.shape * len(COLOURS) + m.colour] = 1
+        for i, j, relation in spec.relations:
+            canon = canonical(CaptionSpec((spec.mentions[i], spec.mentions[j]), relation))
+            axis = 0 if canon.relation == 0 else 1
+            for k, m in enumerate(canon.mentions):
+                if m.colour is not None:
+                    out[c, (axis * 2 + k) * N_KINDS + m.shape * len(COLOURS) + m.colour] = 1
     return out

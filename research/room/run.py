@@ -44,6 +44,7 @@ def main(argv=None) -> dict:
     p.add_argument("--near-misses", action="store_true")
     p.add_argument("--near-miss-count", type=int, default=1)
     p.add_argument("--flip-weight", type=float, default=1.0)
+    p.add_argument("--group-batches", action="store_true", help="privileged: whole contrast groups per batch")
     p.add_argument("--eval-every", type=int, default=500)
     p.add_argument("--no-fn", action="store_true", help="skip the FN rate of mined train slates")
     p.add_argument("--out", required=True)
@@ -58,7 +59,8 @@ def main(argv=None) -> dict:
     student = DualEncoder(scfg, stem=stem)
     cfg = FitConfig(steps=a.steps, batch=a.batch, lr=a.lr, seed=a.seed, positives=a.positives,
                     near_misses=a.near_misses, near_miss_count=a.near_miss_count,
-                    near_miss_flip_weight=a.flip_weight, eval_every=a.eval_every, device="cpu", amp=False)
+                    near_miss_flip_weight=a.flip_weight, group_batches=a.group_batches, eval_every=a.eval_every,
+                    device="cpu", amp=False)
     val_pairs = minimal_pairs(world.val, per_kind=300)
     relations = world.val.relations()
     t0 = time.time()

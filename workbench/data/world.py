@@ -343,6 +343,7 @@ class Split:
         scenes: N scene descriptions; captions: M caption specs; texts: M strings.
         images: float [N, 3, 24, 24]; tokens: long [M, T]; caption_image: long [M].
         image_ids, caption_ids: long [N] / [M], ids unique across the world's splits (for score stores).
+        groups: long [N] contrast-group id of each image (``None``: no groups; each image is its own).
     """
 
     name: str
@@ -354,6 +355,7 @@ class Split:
     caption_image: torch.Tensor
     image_ids: torch.Tensor
     caption_ids: torch.Tensor
+    groups: torch.Tensor | None = None
     fact_ids: torch.Tensor = field(init=False)
     _tables: tuple[torch.Tensor, torch.Tensor] | None = field(init=False, default=None, repr=False)
     _grounding: tuple[torch.Tensor, ...] | None = field(init=False, default=None, repr=False)
@@ -488,7 +490,7 @@ def _split_rng(seed: int, split: str) -> np.random.Generator:
 def build_split(cfg: WorldConfig, split: str, image_offset: int = 0, caption_offset: int = 0) -> Split:
     """Sample, caption and render one split; a deterministic function of ``(cfg, split)``."""
     rng = _split_rng(cfg.seed, split)
-    scenes, captions, texts, owner = [], [], [], []
+    scenes, captions, texts, owner, groups = [], [], [], [], []
     if cfg.group_size == 1:
         for i in range(cfg.size(split)):
             scene = sample_scene(rng, cfg.p_three_objects)
@@ -500,6 +502,7 @@ def build_split(cfg: WorldConfig, split: str, image_offset: int = 0, caption_off
     else:  # contrast groups: consecutive images share one object set in different arrangements
         while len(scenes) < cfg.size(split):
             group = sample_group(rng, cfg)[: cfg.size(split) - len(scenes)]
+            groups += [len(groups) and groups[-1] + 1] * len(group)
             for k, scene in enumerate(group):
                 for spec, text in sample_captions(scene, rng, cfg, tuple(group[:k] + group[k + 1 :])):
                     captions.append(spec)
@@ -512,6 +515,7 @@ def build_split(cfg: WorldConfig, split: str, image_offset: int = 0, caption_off
         tokens=grammar.tokenize(texts, grammar.token_width(texts)),
         caption_image=torch.tensor(owner, dtype=torch.long),
         image_ids=torch.arange(len(scenes)) + image_offset, caption_ids=torch.arange(len(texts)) + caption_offset,
+        groups=torch.tensor(groups, dtype=torch.long) if groups else None,
     )
 
 

@@ -49,7 +49,8 @@ class StudentConfig:
     stem: StemConfig = StemConfig()
     # --- options for relation-capable students (defaults: today's relation-blind-v1 student)
     coords: bool = False  # append fixed (row, col) in [-1, 1] to each patch feature before projecting it
-    text_pool: str = ""  # "cls" | "mean"; "" = same as ``pool`` for "cls"/"mean", "cls" for "cells"/"moments"
+    text_pool: str = ""  # "cls" | "mean" | "queries"; "" = ``pool`` for "cls"/"mean", else "cls"
+    text_queries: int = 4  # text_pool="queries": learned queries, each attention-pooling the words into one slot
     text_head_hidden: int = 0  # > 0: the text head is LayerNorm -> Linear(dim, h) -> GELU -> Linear(h, embed_dim)
     max_words: int = MAX_WORDS  # longest caption the text tower reads (position embeddings: max_words + 1)
 
@@ -61,7 +62,8 @@ class StudentConfig:
         if self.dim % self.heads:
             raise ValueError(f"dim must be divisible by heads, got dim={self.dim}, heads={self.heads}")
         check_choice("pool", self.pool, list(IMAGE_POOLS))
-        check_choice("text_pool", self.text_pool, ["", "cls", "mean"])
+        check_choice("text_pool", self.text_pool, ["", "cls", "mean", "queries"])
+        check_int("text_queries", self.text_queries, min_value=1)
         check_int("text_head_hidden", self.text_head_hidden, min_value=0)
         check_int("max_words", self.max_words, min_value=1)
         if self.embed_dim % self.slots:
@@ -106,11 +108,16 @@ class DualEncoder(nn.Module):
         self.image_head = nn.Sequential(nn.LayerNorm(c.dim), nn.Linear(c.dim, c.embed_dim // c.slots))
         self.text_embed = TextEmbedding(len(VOCAB), c.max_words + 1, c.dim, prev_token=c.prev_token)
         self.text_blocks = nn.ModuleList(Block(c.dim, c.heads, c.mlp) for _ in range(c.text_layers))
+        text_width = c.dim * (c.text_queries if c.text_pooling == "queries" else 1)
+        if c.text_pooling == "queries":  # multi-query attention pooling: each query gathers one slot of words
+            self.text_query = nn.Parameter(torch.randn(c.text_queries, c.dim) * 0.5)
+            self.text_pool_attn = nn.MultiheadAttention(c.dim, 1, batch_first=True)
+            self.text_pool_norm = nn.LayerNorm(c.dim)
         if c.text_head_hidden:
-            self.text_head = nn.Sequential(nn.LayerNorm(c.dim), nn.Linear(c.dim, c.text_head_hidden), nn.GELU(),
-                                           nn.Linear(c.text_head_hidden, c.embed_dim))
+            self.text_head = nn.Sequential(nn.LayerNorm(text_width), nn.Linear(text_width, c.text_head_hidden),
+                                           nn.GELU(), nn.Linear(c.text_head_hidden, c.embed_dim))
         else:
-            self.text_head = nn.Sequential(nn.LayerNorm(c.dim), nn.Linear(c.dim, c.embed_dim))
+            self.text_head = nn.Sequential(nn.LayerNorm(text_width), nn.Linear(text_width, c.embed_dim))
         if c.coords:
             self.register_buffer("cell_xy", cell_coordinates(), persistent=False)
         self.log_scale = nn.Parameter(torch.tensor(math.log(1 / c.init_temperature)))
@@ -157,7 +164,11 @@ class DualEncoder(nn.Module):
         x = self.text_embed(tokens)
         for block in self.text_blocks:
             x = block(x, pad=pad)
-        if self.config.text_pooling == "cls":
+        if self.config.text_pooling == "queries":
+            h = self.text_pool_norm(x)
+            q = self.text_query.expand(len(x), -1, -1)
+            pooled = self.text_pool_attn(q, h, h, key_padding_mask=pad, need_weights=False)[0].flatten(1)
+        elif self.config.text_pooling == "cls":
             pooled = x[:, 0]
         else:
             keep = (~pad).unsqueeze(-1).float()

@@ -21,6 +21,18 @@ def sample_pairs(split: Split, batch: int, gen: torch.Generator) -> tuple[torch.
     return img, own_captions(split, img, gen)
 
 
+def sample_group_pairs(split: Split, batch: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Like :func:`sample_pairs`, but whole contrast groups (``split.groups``): every image comes with its siblings
+    (same objects, other arrangements) while the batch has room. A privileged batch composition (an oracle's)."""
+    if split.groups is None:
+        return sample_pairs(split, batch, gen)
+    order = torch.randperm(int(split.groups.max()) + 1, generator=gen)
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(len(order))
+    img = torch.argsort(rank[split.groups] * split.num_images + torch.arange(split.num_images))[:batch]
+    return img, own_captions(split, img, gen)
+
+
 def near_miss_columns(
     split: Split, near: NearMisses, img: torch.Tensor, cap: torch.Tensor, gen: torch.Generator,
     count: int = 1, flip_weight: float = 1.0,

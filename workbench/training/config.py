@@ -76,6 +76,7 @@ class FitConfig:
     near_misses: bool = False  # NegCLIP-style: each caption's near-miss as an extra i2t negative (no teacher)
     near_miss_count: int = 1  # near-misses per caption (distinct kinds); 0 = every available kind
     near_miss_flip_weight: float = 1.0  # sampling weight of "flip_relation" relative to the other kinds
+    group_batches: bool = False  # privileged: batches of whole contrast groups (worlds with split.groups)
     # --- distillation slates (used only when a term other than itc is present)
     k: int = 8  # mined negatives per query
     pool: str = "batch"  # mining pool: "batch" | "queue" (batch + recent embeddings) | "gallery" (whole split)

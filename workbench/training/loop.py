@@ -34,7 +34,7 @@ from workbench.device import autocast, pick_device
 from workbench.losses import get_loss, loss_spec
 from workbench.models.student import DualEncoder
 from workbench.scores.mining import EmbeddingQueue
-from workbench.training.batches import near_miss_columns, sample_pairs
+from workbench.training.batches import near_miss_columns, sample_group_pairs, sample_pairs
 from workbench.training.checkpoint import load_trainer_state, save_trainer_state
 from workbench.training.common import make_optimizer, seed_everything
 from workbench.training.config import ITC, FitConfig
@@ -193,7 +193,8 @@ def train_step(state: TrainState, ctx: StepContext) -> dict[str, float]:
     """
     state.student.train()
     dist = ctx.dist
-    img, cap = sample_pairs(ctx.world.train, ctx.cfg.batch * dist.world_size, state.generator)
+    sampler = sample_group_pairs if ctx.cfg.group_batches else sample_pairs
+    img, cap = sampler(ctx.world.train, ctx.cfg.batch * dist.world_size, state.generator)
     img, cap = dist.local(img), dist.local(cap)
     terms, view = _terms_and_embeddings(state, ctx, img, cap, state.generator)
     total = sum(terms.values())
