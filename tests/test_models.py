@@ -213,7 +213,7 @@ def test_pair_scorer_equals_direct_scores_and_encodes_each_item_once(tiny_world)
     "cls, kwargs, message",
     [
         (StudentConfig, {"dim": 30, "heads": 4}, r"dim must be divisible by heads, got dim=30, heads=4"),
-        (StudentConfig, {"pool": "max"}, r"pool must be one of \['cls', 'mean'\], got 'max'"),
+        (StudentConfig, {"pool": "max"}, r"pool must be one of \['cls', 'mean', 'cells', 'moments'\], got 'max'"),
         (StudentConfig, {"embed_dim": 0}, r"embed_dim must be >= 1, got 0"),
         (StudentConfig, {"image_layers": -1}, r"image_layers must be >= 0, got -1"),
         (StudentConfig, {"init_temperature": 0.0}, r"init_temperature must be > 0.0, got 0.0"),

@@ -11,19 +11,10 @@ import torch
 
 from workbench.data import grammar
 from workbench.data.nearmiss import build_near_misses
+from workbench.data.perturbations import PERTURBATIONS, TRAINING_PERTURBATIONS, minimal_pairs, perturb
 from workbench.data.render import BACKGROUND, CELL, IMAGE_SIZE, RGB, render_scene, shape_mask
 from workbench.data.scene import COLOURS, GRID, SIZES, CaptionSpec, Mention, Obj, Scene, facts, relevance
-from workbench.data.world import (
-    N_MENTIONS,
-    PERTURBATIONS,
-    TRAINING_PERTURBATIONS,
-    SemanticRelation,
-    Split,
-    WorldConfig,
-    build_world,
-    minimal_pairs,
-    perturb,
-)
+from workbench.data.world import N_MENTIONS, SemanticRelation, Split, WorldConfig, build_world
 
 ALL_KINDS = tuple(dict.fromkeys(PERTURBATIONS + TRAINING_PERTURBATIONS))
 SPLIT_NAMES = ("train", "val", "test")

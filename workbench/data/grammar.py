@@ -6,6 +6,10 @@ so a test can check that every sentence says exactly what its spec claims.
     relational:   "a small red square left of a blue circle" / "a blue circle is to the right of a small red square"
     conjunction:  "there is a red square and a blue ball"
     single:       "a large yellow triangle"
+    chain:        "a small red square left of a big blue circle above a big green cross" (each relation links the
+                  mentions on either side of it; also said backwards: "... cross below a ... circle right of a ...")
+
+Chains are longer than :data:`MAX_WORDS`; tokenize them with ``max_len=token_width(texts)``.
 """
 
 from __future__ import annotations
@@ -64,6 +68,8 @@ def render(spec: CaptionSpec, rng: np.random.Generator, swap_order: bool | None 
         return prefix + render_mention(mentions[0], rng)
     if swap_order is None:
         swap_order = bool(rng.random() < 0.5)
+    if spec.more_relations:
+        return prefix + _render_chain(spec, rng, swap_order, verb=not prefix)
     if swap_order:
         mentions = mentions[::-1]
         relation = None if relation is None else INVERSE[relation]
@@ -74,9 +80,35 @@ def render(spec: CaptionSpec, rng: np.random.Generator, swap_order: bool | None 
     return f"{prefix}{first} {verb}{_pick(rng, RELATION_WORDS[relation])} {second}"
 
 
+def _render_chain(spec: CaptionSpec, rng: np.random.Generator, backwards: bool, verb: bool) -> str:
+    mentions, relations = list(spec.mentions), [spec.relation, *spec.more_relations]
+    if backwards:
+        mentions, relations = mentions[::-1], [INVERSE[r] for r in relations[::-1]]
+    words = [render_mention(mentions[0], rng)]
+    if verb and rng.random() < 0.4:
+        words.append("is")
+    for relation, mention in zip(relations, mentions[1:], strict=True):
+        words += [_pick(rng, RELATION_WORDS[relation]), render_mention(mention, rng)]
+    return " ".join(words)
+
+
+def reverse_chain(spec: CaptionSpec) -> CaptionSpec:
+    """The same chain read backwards (same meaning): mentions reversed, each relation inverted."""
+    relations = [INVERSE[r] for r in (spec.relation, *spec.more_relations)[::-1]]
+    return CaptionSpec(spec.mentions[::-1], relations[0], tuple(relations[1:]))
+
+
+def token_width(texts: list[str]) -> int:
+    """Token columns for ``texts``: ``MAX_WORDS + 1`` (today's width) unless a text is longer (chains)."""
+    return max([MAX_WORDS + 1] + [len(t.split()) + 1 for t in texts])
+
+
 def canonical(spec: CaptionSpec) -> CaptionSpec:
     """The same meaning in one normal form: the relation written as "left of"/"above" (arguments swapped if
     needed), and the two mentions of a conjunction ("A and B" = "B and A") in a fixed order."""
+    if spec.more_relations:  # a chain reads both ways: keep the direction with the smaller relation sequence
+        back = reverse_chain(spec)
+        return back if (back.relation, *back.more_relations) < (spec.relation, *spec.more_relations) else spec
     if spec.relation in (1, 3):
         return CaptionSpec(spec.mentions[::-1], INVERSE[spec.relation])
     if spec.relation is None and len(spec.mentions) == 2:
@@ -119,12 +151,20 @@ def parse(text: str) -> CaptionSpec:
         relation = None
     else:
         rest = rest[1:] if rest[0] == "is" else rest
-        cut = rest.index("a") if "a" in rest else len(rest)
-        phrase = " ".join(rest[:cut])
-        if phrase not in _RELATION:
-            raise ValueError(f"unknown relation phrase {phrase!r} in {text!r}")
-        relation = _RELATION[phrase]
-        second, tail = _parse_mention(rest[cut:])
+        mentions, relations, tail = [first], [], rest
+        while tail:  # one relation phrase and one mention per round (more than one round: a chain)
+            cut = tail.index("a") if "a" in tail else len(tail)
+            phrase = " ".join(tail[:cut])
+            if phrase not in _RELATION:
+                if relations:
+                    break
+                raise ValueError(f"unknown relation phrase {phrase!r} in {text!r}")
+            relations.append(_RELATION[phrase])
+            mention, tail = _parse_mention(tail[cut:])
+            mentions.append(mention)
+        if tail:
+            raise ValueError(f"unexpected words {' '.join(tail)!r} at the end of {text!r}")
+        return CaptionSpec(tuple(mentions), relations[0], tuple(relations[1:]))
     if tail:
         raise ValueError(f"unexpected words {' '.join(tail)!r} at the end of {text!r}")
     return CaptionSpec((first, second), relation)

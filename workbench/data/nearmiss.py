@@ -12,7 +12,8 @@ import numpy as np
 import torch
 
 from workbench.data import grammar
-from workbench.data.world import TRAINING_PERTURBATIONS, Split, caption_fact_ids, count_true_facts, perturb
+from workbench.data.perturbations import TRAINING_PERTURBATIONS, perturb
+from workbench.data.world import Split, caption_fact_ids, count_true_facts
 
 
 @dataclass
@@ -21,7 +22,7 @@ class NearMisses:
 
     Attributes:
         tokens: long [M, K, T], K = len(kinds); available: bool [M, K] (False where a kind does not apply);
-        fact_ids: long [M, K, 3], the near-misses' fact ids (see ``world.caption_fact_ids``), for ground truth.
+        fact_ids: long [M, K, W], the near-misses' fact ids (see ``world.caption_fact_ids``), for ground truth.
     """
 
     tokens: torch.Tensor
@@ -42,6 +43,26 @@ class NearMisses:
         has = avail.sum(1) > 0
         pick = torch.multinomial(avail + (~has[:, None]).float(), 1, generator=generator).squeeze(1)
         return self.tokens[captions, pick], has, pick
+
+    def sample_many(
+        self, captions: torch.Tensor, generator: torch.Generator, count: int, weights: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Up to ``count`` available near-misses of distinct kinds per caption (``count=0``: all available).
+
+        Returns:
+            (tokens long [P, T], row long [P] index into ``captions``, kind long [P]) for the P picks.
+        """
+        avail = self.available[captions]  # [B, K]
+        if count == 0 or count >= avail.shape[1]:
+            row, kind = torch.nonzero(avail, as_tuple=True)
+        else:
+            w = avail.float() * (1.0 if weights is None else weights)
+            # distinct kinds without replacement; tiny mass on unavailable kinds keeps multinomial valid, then drop
+            pick = torch.multinomial(w + 1e-12, count, replacement=False, generator=generator)  # [B, count]
+            keep = w.gather(1, pick) > 0
+            row = torch.arange(len(captions))[:, None].expand_as(pick)[keep]
+            kind = pick[keep]
+        return self.tokens[captions[row], kind], row, kind
 
     def sample(
         self, captions: torch.Tensor, generator: torch.Generator, weights: torch.Tensor | None = None
@@ -69,5 +90,5 @@ def build_near_misses(split: Split, seed: int = 0, kinds: tuple[str, ...] = TRAI
             specs.append(new if new is not None else spec)
             texts.append(grammar.render(specs[-1], rng))
     shape = (split.num_captions, len(kinds))
-    tokens = grammar.tokenize(texts).reshape(*shape, -1)
-    return NearMisses(tokens, available, caption_fact_ids(specs).reshape(*shape, 3), kinds)
+    tokens = grammar.tokenize(texts, grammar.token_width(texts)).reshape(*shape, -1)
+    return NearMisses(tokens, available, caption_fact_ids(specs).reshape(*shape, -1), kinds)

@@ -1,9 +1,10 @@
 """Scenes and captions of the built-in world as plain data, with their facts and graded relevance.
 
 A scene is 2-3 objects on a 3x3 grid; each object has a shape, a colour and a size and sits in one cell.
-A caption is a structured claim about a scene (1-2 object *mentions* and at most one spatial relation); its
-*facts* are one per mention ("there is a [size] [colour] shape") plus one for the relation ("there is a
-<mention 1> REL a <mention 2>"). Attributes left out of a mention (partial descriptions) match anything.
+A caption is a structured claim about a scene (1-2 object *mentions* and at most one spatial relation, or a
+*chain* of 3+ mentions with a relation between each consecutive pair); its *facts* are one per mention ("there is
+a [size] [colour] shape") plus one per relation ("there is a <mention i> REL a <mention i+1>"). Attributes left
+out of a mention (partial descriptions) match anything.
 
 ``relevance(scene, caption)`` is the fraction of the caption's facts that hold in the scene: 1.0 means the
 caption is true for the image, whichever image it was written for.
@@ -71,16 +72,30 @@ class CaptionSpec:
 
     mentions: tuple[Mention, ...]
     relation: int | None = None
+    # a chain "m0 R0 m1 R1 m2 ...": more_relations[k] links mentions k+1 and k+2 (``relation`` links 0 and 1)
+    more_relations: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
+        if self.more_relations:
+            if self.relation is None or len(self.mentions) != 2 + len(self.more_relations):
+                raise ValueError(f"a chain of {len(self.more_relations) + 1} relations needs a first relation and "
+                                 f"{len(self.more_relations) + 2} mentions, got {len(self.mentions)}")
+            return
         if not 1 <= len(self.mentions) <= 2:
             raise ValueError(f"a caption has 1 or 2 mentions, got {len(self.mentions)}")
         if self.relation is not None and len(self.mentions) != 2:
             raise ValueError("a relation needs exactly 2 mentions")
 
     @property
+    def relations(self) -> tuple[tuple[int, int, int], ...]:
+        """Every relation fact as (first mention index, second mention index, relation)."""
+        if self.relation is None:
+            return ()
+        return tuple((k, k + 1, r) for k, r in enumerate((self.relation, *self.more_relations)))
+
+    @property
     def num_facts(self) -> int:
-        return len(self.mentions) + (self.relation is not None)
+        return len(self.mentions) + len(self.relations)
 
 
 def relation_holds(relation: int, a: Obj, b: Obj) -> bool:
@@ -89,13 +104,13 @@ def relation_holds(relation: int, a: Obj, b: Obj) -> bool:
 
 
 def facts(scene: Scene, caption: CaptionSpec) -> list[bool]:
-    """Truth of each of the caption's facts in the scene: one per mention, then the relation (if any)."""
+    """Truth of each of the caption's facts in the scene: one per mention, then one per relation (if any)."""
     out = [any(m.matches(o) for o in scene.objects) for m in caption.mentions]
-    if caption.relation is not None:
-        m1, m2 = caption.mentions
+    for i, j, relation in caption.relations:
+        m1, m2 = caption.mentions[i], caption.mentions[j]
         out.append(
             any(
-                m1.matches(a) and m2.matches(b) and relation_holds(caption.relation, a, b)
+                m1.matches(a) and m2.matches(b) and relation_holds(relation, a, b)
                 for a in scene.objects
                 for b in scene.objects
                 if a is not b

@@ -4,12 +4,18 @@
 holds the scene description of every image, its rendered pixels, 5 captions per image (structured specs, text
 and token ids), and vectorised ground truth (:func:`relevance_pairs`, :class:`SemanticRelation`).
 
+Named worlds live in :data:`WORLD_PRESETS`: ``"ambiguous-v1"`` is today's world (``WorldConfig()``: partial
+two-object captions, each true for a median of ~11 other training images); ``"contrast-chain-v1"`` has specific
+captions (every object of a 3-object scene named with colour and size, chained by two relations) and *contrast
+groups* (3 images share one object set in different arrangements; a caption is false for its siblings), so few
+captions are true for other images while images with the same objects in other arrangements fill the gallery.
+
 Run ``python -m workbench world --help`` for a look at examples.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -18,11 +24,10 @@ from workbench.checks import check_float, check_int
 from workbench.data import grammar
 from workbench.data.relations import ImageIdRelation, PairRelation, ids_to_index
 from workbench.data.render import render_scene
-from workbench.data.scene import COLOURS, GRID, SHAPES, SIZES, CaptionSpec, Mention, Obj, Scene, relation_holds
+from workbench.data.sampling import sample_captions, sample_group, sample_scene
+from workbench.data.scene import COLOURS, GRID, SHAPES, SIZES, CaptionSpec, Obj, Scene, relation_holds
 
-PERTURBATIONS = ("swap_colour", "swap_shape", "flip_relation", "change_attribute")
 # For training the teacher: change_attribute split by attribute, so sizes (rarely named) get their share.
-TRAINING_PERTURBATIONS = ("swap_colour", "swap_shape", "flip_relation", "change_colour", "change_shape", "change_size")
 SPLITS = ("train", "val", "test")
 MAX_OBJECTS = 3
 
@@ -44,6 +49,10 @@ class WorldConfig:
     p_colour: float = 0.9  # chance a mention in a relational / conjunctive caption names its colour
     p_size: float = 0.4  # chance a mention names its size
     noise: float = 0.04  # pixel noise (std)
+    # --- options of other worlds (defaults: today's)
+    caption_style: str = "pair"  # "pair": today's captions; "chain": every object named, consecutive ones related
+    group_size: int = 1  # > 1: contrast groups of images sharing one object set in different arrangements
+    discriminative: bool = False  # captions must be false for every other image of their group
 
     def __post_init__(self) -> None:
         check_int("seed", self.seed, min_value=0)
@@ -53,110 +62,35 @@ class WorldConfig:
         for name in ("p_three_objects", "p_relational", "p_colour", "p_size"):
             check_float(name, getattr(self, name), min_value=0.0, max_value=1.0)
         check_float("noise", self.noise, min_value=0.0, max_value=0.5)
+        if self.caption_style not in ("pair", "chain"):
+            raise ValueError(f"caption_style must be 'pair' or 'chain', got {self.caption_style!r}")
+        check_int("group_size", self.group_size, min_value=1, max_value=20)
 
     def size(self, split: str) -> int:
         return {"train": self.n_train, "val": self.n_val, "test": self.n_test}[split]
 
 
-# ----------------------------------------------------------------------------------------------- sampling
 
 
-def sample_scene(rng: np.random.Generator, p_three: float = 0.5) -> Scene:
-    """2-3 objects in distinct cells with distinct (shape, colour) pairs."""
-    n = 3 if rng.random() < p_three else 2
-    cells = rng.choice(GRID * GRID, size=n, replace=False)
-    kinds = rng.choice(len(SHAPES) * len(COLOURS), size=n, replace=False)
-    objs = tuple(
-        Obj(int(k) // len(COLOURS), int(k) % len(COLOURS), int(rng.integers(len(SIZES))), int(c) // GRID, int(c) % GRID)
-        for k, c in zip(kinds, cells, strict=True)
-    )
-    return Scene(objs)
 
 
-def describe(obj: Obj, rng: np.random.Generator, p_colour: float, p_size: float) -> Mention:
-    """A (possibly partial) true description of ``obj``: the shape always, colour and size by chance."""
-    colour = obj.colour if rng.random() < p_colour else None
-    size = obj.size if rng.random() < p_size else None
-    return Mention(obj.shape, colour, size)
 
 
-def sample_caption(scene: Scene, rng: np.random.Generator, cfg: WorldConfig) -> CaptionSpec:
-    """A true caption for ``scene``: relational, conjunctive or single-object (which always names a colour)."""
-    u = rng.random()
-    a, b = (scene.objects[i] for i in rng.choice(len(scene.objects), size=2, replace=False))
-    if u < cfg.p_relational:
-        holding = [r for r in range(4) if relation_holds(r, a, b)]
-        relation = holding[rng.integers(len(holding))]
-        return CaptionSpec((describe(a, rng, cfg.p_colour, cfg.p_size), describe(b, rng, cfg.p_colour, cfg.p_size)),
-                           relation)
-    if u < cfg.p_relational + (1 - cfg.p_relational) / 2:
-        return CaptionSpec((describe(a, rng, cfg.p_colour, cfg.p_size), describe(b, rng, cfg.p_colour, cfg.p_size)))
-    return CaptionSpec((describe(a, rng, 1.0, cfg.p_size),))
 
 
-def sample_captions(scene: Scene, rng: np.random.Generator, cfg: WorldConfig) -> list[tuple[CaptionSpec, str]]:
-    """``captions_per_image`` distinct (spec, text) pairs, all true for the scene."""
-    out: dict[str, CaptionSpec] = {}
-    for _ in range(50 * cfg.captions_per_image):
-        spec = sample_caption(scene, rng, cfg)
-        out.setdefault(grammar.render(spec, rng), spec)
-        if len(out) == cfg.captions_per_image:
-            break
-    return [(spec, text) for text, spec in out.items()]
+
+
+
+
 
 
 # ----------------------------------------------------------------------------------------- near misses
 
 
-def perturb(scene: Scene, spec: CaptionSpec, kind: str, rng: np.random.Generator) -> CaptionSpec | None:
-    """A near-miss of ``spec`` that is false for ``scene``, or ``None`` if this kind cannot make one.
-
-    Kinds: ``swap_colour`` / ``swap_shape`` between the two mentions (same words, wrong binding),
-    ``flip_relation`` (arguments swapped: same words, wrong relation), ``change_attribute`` (one colour, shape or
-    size replaced by another value); ``change_colour`` / ``change_shape`` / ``change_size`` force the attribute.
-    """
-    m = spec.mentions
-    if kind == "swap_colour" and len(m) == 2 and None not in (m[0].colour, m[1].colour):
-        new = CaptionSpec((Mention(m[0].shape, m[1].colour, m[0].size), Mention(m[1].shape, m[0].colour, m[1].size)),
-                          spec.relation)
-    elif kind == "swap_shape" and len(m) == 2:
-        new = CaptionSpec((Mention(m[1].shape, m[0].colour, m[0].size), Mention(m[0].shape, m[1].colour, m[1].size)),
-                          spec.relation)
-    elif kind == "flip_relation" and spec.relation is not None:
-        new = CaptionSpec(m[::-1], spec.relation)
-    elif kind == "change_attribute":
-        new = _change_attribute(spec, rng)
-    elif kind.startswith("change_") and kind in TRAINING_PERTURBATIONS:
-        new = _change_attribute(spec, rng, kind.removeprefix("change_"))
-        if new is None:
-            return None
-    elif kind in PERTURBATIONS:
-        return None
-    else:
-        raise ValueError(f"kind must be one of {PERTURBATIONS + TRAINING_PERTURBATIONS[3:]}, got {kind!r}")
-    from workbench.data.scene import relevance
-
-    return new if relevance(scene, new) < 1.0 else None
 
 
-def _change_attribute(spec: CaptionSpec, rng: np.random.Generator, attr: str | None = None) -> CaptionSpec | None:
-    """Replace one attribute (``attr``, or a random named one) of one random mention; None if not named."""
-    j = int(rng.integers(len(spec.mentions)))
-    m = spec.mentions[j]
-    options = ["shape"] + [a for a in ("colour", "size") if getattr(m, a) is not None]
-    if attr is None:
-        attr = options[rng.integers(len(options))]
-    elif attr not in options:
-        others = [i for i, x in enumerate(spec.mentions) if getattr(x, attr) is not None]
-        if not others:
-            return None
-        j = others[int(rng.integers(len(others)))]
-        m = spec.mentions[j]
-    n_values = {"shape": len(SHAPES), "colour": len(COLOURS), "size": len(SIZES)}[attr]
-    value = (getattr(m, attr) + 1 + int(rng.integers(n_values - 1))) % n_values
-    new_m = Mention(**{**asdict(m), attr: value})
-    mentions = tuple(new_m if i == j else x for i, x in enumerate(spec.mentions))
-    return CaptionSpec(mentions, spec.relation)
+
+
 
 
 # --------------------------------------------------------------------------------- tensors and truth
@@ -197,14 +131,27 @@ def scene_fact_tables(scenes: list[Scene]) -> tuple[torch.Tensor, torch.Tensor]:
     return mentions, relations
 
 
+def fact_columns(width: int) -> tuple[list[int], list[int]]:
+    """(mention columns, relation columns) of a fact-id table ``width`` wide: (m0, m1, rel01, m2, rel12, ...).
+
+    Today's captions use width 3: ([0, 1], [2]); chains of 3 mentions width 5: ([0, 1, 3], [2, 4]).
+    """
+    mentions = [j for j in range(width) if j < 2 or (j >= 3 and (j - 3) % 2 == 0)]
+    return mentions, [j for j in range(width) if j not in mentions]
+
+
 def caption_fact_ids(specs: list[CaptionSpec]) -> torch.Tensor:
-    """long [M, 3]: (mention 1, mention 2 or -1, relation fact or -1) ids of each caption's facts."""
-    out = torch.full((len(specs), 3), -1, dtype=torch.long)
+    """long [M, W]: ids of each caption's facts, -1 where absent. W = 3 for today's captions: (mention 1,
+    mention 2 or -1, relation fact or -1); chains append (mention k+1, relation fact k/k+1) pairs (W = 5 for 3)."""
+    most = max((len(spec.mentions) for spec in specs), default=2)
+    width = max(3, 2 * most - 1)
+    m_cols, r_cols = fact_columns(width)
+    out = torch.full((len(specs), width), -1, dtype=torch.long)
     for i, spec in enumerate(specs):
         ids = [mention_id(m.shape, m.colour, m.size) for m in spec.mentions]
-        out[i, : len(ids)] = torch.tensor(ids)
-        if spec.relation is not None:
-            out[i, 2] = relation_fact_id(spec.relation, ids[0], ids[1])
+        out[i, m_cols[: len(ids)]] = torch.tensor(ids)
+        for k, (a, b, relation) in enumerate(spec.relations):
+            out[i, r_cols[k]] = relation_fact_id(relation, ids[a], ids[b])
     return out
 
 
@@ -213,15 +160,18 @@ def count_true_facts(mention_rows: torch.Tensor, relation_rows: torch.Tensor, fa
 
     Args:
         mention_rows: bool [q, N_MENTIONS]; relation_rows: bool [q, N_RELATION_FACTS] (rows of the scene tables).
-        fact_ids: long [c, 3] caption fact ids (-1 = no such fact).
+        fact_ids: long [c, W] caption fact ids (-1 = no such fact; columns per :func:`fact_columns`).
 
     Returns:
         long [q, c]: for every scene row and caption, the number of the caption's facts that hold.
     """
     has, ids = fact_ids >= 0, fact_ids.clamp(min=0)
+    m_cols, r_cols = fact_columns(fact_ids.shape[1])
     true = (mention_rows[:, ids[:, 0]] & has[:, 0]).long()
-    true += mention_rows[:, ids[:, 1]] & has[:, 1]
-    true += relation_rows[:, ids[:, 2]] & has[:, 2]
+    for j in m_cols[1:]:
+        true += mention_rows[:, ids[:, j]] & has[:, j]
+    for j in r_cols:
+        true += relation_rows[:, ids[:, j]] & has[:, j]
     return true
 
 
@@ -234,6 +184,7 @@ class Split:
         scenes: N scene descriptions; captions: M caption specs; texts: M strings.
         images: float [N, 3, 24, 24]; tokens: long [M, T]; caption_image: long [M].
         image_ids, caption_ids: long [N] / [M], ids unique across the world's splits (for score stores).
+        groups: long [N] contrast-group id of each image (``None``: no groups; each image is its own).
     """
 
     name: str
@@ -245,6 +196,7 @@ class Split:
     caption_image: torch.Tensor
     image_ids: torch.Tensor
     caption_ids: torch.Tensor
+    groups: torch.Tensor | None = None
     fact_ids: torch.Tensor = field(init=False)
     _tables: tuple[torch.Tensor, torch.Tensor] | None = field(init=False, default=None, repr=False)
     _grounding: tuple[torch.Tensor, ...] | None = field(init=False, default=None, repr=False)
@@ -272,10 +224,15 @@ class Split:
     def true_facts_pairs(self, img: torch.Tensor, cap: torch.Tensor) -> torch.Tensor:
         """long [P]: how many of caption ``cap[p]``'s facts hold in scene ``img[p]``."""
         m, r = self.fact_tables
-        ids = self.fact_ids[cap]  # [P, 3]
+        ids = self.fact_ids[cap]  # [P, W]
         has, idc = ids >= 0, ids.clamp(min=0)
+        m_cols, r_cols = fact_columns(ids.shape[1])
         true = (m[img, idc[:, 0]] & has[:, 0]).long() + (m[img, idc[:, 1]] & has[:, 1])
-        return true + (r[img, idc[:, 2]] & has[:, 2])
+        for j in m_cols[2:]:
+            true += m[img, idc[:, j]] & has[:, j]
+        for j in r_cols:
+            true += r[img, idc[:, j]] & has[:, j]
+        return true
 
     def true_facts_block(self, img: torch.Tensor, cap: torch.Tensor) -> torch.Tensor:
         """long [q, c]: true-fact counts for all pairs of ``img`` [q] x ``cap`` [c]."""
@@ -289,9 +246,9 @@ class Split:
     def mention_relevance_pairs(self, img: torch.Tensor, cap: torch.Tensor) -> torch.Tensor:
         """Like :meth:`relevance_pairs` but counting only the mention facts (the relation fact ignored)."""
         m, _ = self.fact_tables
-        ids = self.fact_ids[cap]
-        has, idc = ids[:, :2] >= 0, ids[:, :2].clamp(min=0)
-        true = (m[img, idc[:, 0]] & has[:, 0]).long() + (m[img, idc[:, 1]] & has[:, 1])
+        ids = self.fact_ids[cap][:, fact_columns(self.fact_ids.shape[1])[0]]
+        has, idc = ids >= 0, ids.clamp(min=0)
+        true = (m[img[:, None], idc] & has).long().sum(-1)
         return true.float() / has.sum(-1).float()
 
     def relevance_block(self, img: torch.Tensor, cap: torch.Tensor) -> torch.Tensor:
@@ -341,7 +298,7 @@ def _grounding_targets(split: Split) -> tuple[torch.Tensor, torch.Tensor]:
     for c, text in enumerate(split.texts):
         scene = split.scenes[int(split.caption_image[c])]
         where = [i + 1 for i, w in enumerate(text.split()) if w in shape_words]  # +1 for [CLS]
-        for j, mention in enumerate(grammar.parse(text).mentions):
+        for j, mention in enumerate(grammar.parse(text).mentions[:2]):  # chains: the first relation's two
             positions[c, j] = where[j]
             for o in scene.objects:
                 cells[c, j, o.row * GRID + o.col] |= mention.matches(o)
@@ -374,19 +331,32 @@ def _split_rng(seed: int, split: str) -> np.random.Generator:
 def build_split(cfg: WorldConfig, split: str, image_offset: int = 0, caption_offset: int = 0) -> Split:
     """Sample, caption and render one split; a deterministic function of ``(cfg, split)``."""
     rng = _split_rng(cfg.seed, split)
-    scenes, captions, texts, owner = [], [], [], []
-    for i in range(cfg.size(split)):
-        scene = sample_scene(rng, cfg.p_three_objects)
-        scenes.append(scene)
-        for spec, text in sample_captions(scene, rng, cfg):
-            captions.append(spec)
-            texts.append(text)
-            owner.append(i)
+    scenes, captions, texts, owner, groups = [], [], [], [], []
+    if cfg.group_size == 1:
+        for i in range(cfg.size(split)):
+            scene = sample_scene(rng, cfg.p_three_objects)
+            scenes.append(scene)
+            for spec, text in sample_captions(scene, rng, cfg):
+                captions.append(spec)
+                texts.append(text)
+                owner.append(i)
+    else:  # contrast groups: consecutive images share one object set in different arrangements
+        while len(scenes) < cfg.size(split):
+            group = sample_group(rng, cfg)[: cfg.size(split) - len(scenes)]
+            groups += [len(groups) and groups[-1] + 1] * len(group)
+            for k, scene in enumerate(group):
+                for spec, text in sample_captions(scene, rng, cfg, tuple(group[:k] + group[k + 1 :])):
+                    captions.append(spec)
+                    texts.append(text)
+                    owner.append(len(scenes))
+                scenes.append(scene)
     images = torch.from_numpy(np.stack([render_scene(s, rng, noise=cfg.noise) for s in scenes]))
     return Split(
         name=split, scenes=scenes, captions=captions, texts=texts, images=images,
-        tokens=grammar.tokenize(texts), caption_image=torch.tensor(owner, dtype=torch.long),
+        tokens=grammar.tokenize(texts, grammar.token_width(texts)),
+        caption_image=torch.tensor(owner, dtype=torch.long),
         image_ids=torch.arange(len(scenes)) + image_offset, caption_ids=torch.arange(len(texts)) + caption_offset,
+        groups=torch.tensor(groups, dtype=torch.long) if groups else None,
     )
 
 
@@ -419,50 +389,26 @@ def build_world(cfg: WorldConfig | None = None) -> World:
 # --------------------------------------------------------------------------------------- minimal pairs
 
 
-@dataclass
-class MinimalPairs:
-    """Near-miss pairs for one split: image ``image[p]`` with its true caption and a false near-miss of it.
-
-    Attributes:
-        image: long [P] image indices; caption: long [P] indices of the true captions.
-        tokens_true, tokens_false: long [P, T]; kind: list of P perturbation names; texts_false: P strings.
-    """
-
-    image: torch.Tensor
-    caption: torch.Tensor
-    tokens_true: torch.Tensor
-    tokens_false: torch.Tensor
-    kind: list[str]
-    texts_false: list[str]
 
 
-def minimal_pairs(
-    split: Split, per_kind: int = 500, seed: int = 0, kinds: tuple[str, ...] = PERTURBATIONS
-) -> MinimalPairs:
-    """Up to ``per_kind`` near-miss pairs of each kind from the split's captions (deterministic per seed).
-
-    The false caption is rendered with the same random draws as a re-rendering of the true one, so the two
-    differ only where the perturbation differs (same template, same synonyms).
-    """
-    check_int("per_kind", per_kind, min_value=1)
-    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x9A1]))
-    rows: list[tuple[int, int, str, str, str]] = []
-    for kind in kinds:
-        found = 0
-        for c in rng.permutation(split.num_captions):
-            img = int(split.caption_image[c])
-            new = perturb(split.scenes[img], split.captions[c], kind, rng)
-            if new is None:
-                continue
-            draw = int(rng.integers(2**31))
-            t_true = grammar.render(split.captions[c], np.random.default_rng(draw))
-            t_false = grammar.render(new, np.random.default_rng(draw))
-            rows.append((img, int(c), kind, t_true, t_false))
-            found += 1
-            if found == per_kind:
-                break
-    img, cap, kind, t_true, t_false = (list(x) for x in zip(*rows, strict=True)) if rows else ([],) * 5
-    return MinimalPairs(torch.tensor(img, dtype=torch.long), torch.tensor(cap, dtype=torch.long),
-                        grammar.tokenize(t_true), grammar.tokenize(t_false), kind, t_false)
 
 
+
+
+# ------------------------------------------------------------------------------------------------ presets
+
+WORLD_PRESETS: dict[str, WorldConfig] = {
+    # today's world: partial two-object captions, a caption is true of a median ~11 other training images
+    "ambiguous-v1": WorldConfig(),
+    # every caption names all 3 objects (colour and size always) chained by two relations; images come in contrast
+    # groups of 3 (same objects, other arrangements) and each caption is false for its siblings
+    "contrast-chain-v1": WorldConfig(p_three_objects=1.0, p_colour=1.0, p_size=1.0, caption_style="chain",
+                                     group_size=3, discriminative=True),
+}
+
+
+def world_preset(name: str, **overrides) -> WorldConfig:
+    """A named :class:`WorldConfig` (see :data:`WORLD_PRESETS`) with field overrides (e.g. ``seed``, sizes)."""
+    if name not in WORLD_PRESETS:
+        raise ValueError(f"world preset must be one of {sorted(WORLD_PRESETS)}, got {name!r}")
+    return replace(WORLD_PRESETS[name], **overrides)

@@ -16,7 +16,8 @@ from collections.abc import Callable
 
 import torch
 
-from workbench.data.world import MinimalPairs, Split
+from workbench.data.perturbations import MinimalPairs
+from workbench.data.world import Split
 from workbench.distributed import Dist, current
 from workbench.evaluation.embed import embed_split
 from workbench.evaluation.minimal_pairs import minimal_pair_accuracy

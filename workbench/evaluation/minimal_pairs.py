@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import torch
 
-from workbench.data.world import MinimalPairs
+from workbench.data.perturbations import MinimalPairs
 
 PairScorer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``scorer(image_idx long [P], tokens long [P, T]) -> float [P]``."""

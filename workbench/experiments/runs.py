@@ -23,7 +23,8 @@ from typing import Any
 
 import torch
 
-from workbench.data.world import WorldConfig, build_world, minimal_pairs
+from workbench.data.perturbations import minimal_pairs
+from workbench.data.world import WorldConfig, build_world
 from workbench.device import pick_device
 from workbench.distributed import Dist, current
 from workbench.evaluation.embed import embed_split

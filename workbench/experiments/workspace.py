@@ -31,7 +31,8 @@ import torch
 
 from workbench.checks import check_choice
 from workbench.data.karpathy import DATASETS, KarpathySplit, load_karpathy
-from workbench.data.world import MinimalPairs, World, WorldConfig, build_world, minimal_pairs
+from workbench.data.perturbations import MinimalPairs, minimal_pairs
+from workbench.data.world import World, WorldConfig, build_world
 from workbench.device import pick_device
 from workbench.distributed import current
 from workbench.evaluation.embed import embed_split

@@ -75,6 +75,9 @@ class FitConfig:
     seed: int = 0
     positives: str = "semantic"  # positives for ITC and mining: "semantic" (ground truth) or "coco" (own captions)
     near_misses: bool = False  # NegCLIP-style: each caption's near-miss as an extra i2t negative (no teacher)
+    near_miss_count: int = 1  # near-misses per caption (distinct kinds); 0 = every available kind
+    near_miss_flip_weight: float = 1.0  # sampling weight of "flip_relation" relative to the other kinds
+    group_batches: bool = False  # privileged: batches of whole contrast groups (worlds with split.groups)
     # --- distillation slates (used only when a term other than itc is present)
     k: int = 8  # mined negatives per query (read only when a distillation term is present)
     pool: str = "batch"  # mining pool: "batch" | "queue" (batch + recent embeddings) | "gallery" (whole split)
@@ -107,6 +110,8 @@ class FitConfig:
         check_float("lr", self.lr, min_value=0.0, strict_min=True)
         check_float("weight_decay", self.weight_decay, min_value=0.0)
         check_choice("positives", self.positives, ["semantic", "coco"])
+        check_int("near_miss_count", self.near_miss_count, min_value=0)
+        check_float("near_miss_flip_weight", self.near_miss_flip_weight, min_value=0.0)
         check_int("k", self.k, min_value=1)
         check_choice("pool", self.pool, ["batch", "queue", "gallery"])
         check_int("queue_size", self.queue_size, min_value=1)

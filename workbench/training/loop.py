@@ -41,7 +41,7 @@ from workbench.evaluation.embed import embed_split_rows
 from workbench.losses import ScoreBatch, get_loss, loss_spec
 from workbench.models.student import DualEncoder
 from workbench.scores.mining import EmbeddingQueue
-from workbench.training.batches import near_miss_columns, sample_pairs
+from workbench.training.batches import near_miss_columns, sample_group_pairs, sample_pairs
 from workbench.training.checkpoint import load_trainer_state, recover_checkpoint, save_trainer_state
 from workbench.training.common import make_optimizer, seed_everything
 from workbench.training.config import ITC, FitConfig
@@ -151,7 +151,8 @@ def itc_terms(ctx: StepContext, view: BatchView, img_cpu: torch.Tensor, cap_cpu:
     sim = scale * view.e_img @ view.all_txt.T
     sim_i2t, pos_i2t = sim, positive
     if ctx.cfg.near_misses:
-        tokens, truth = near_miss_columns(split, ctx.near, img_cpu, cap_cpu, gen)
+        tokens, truth = near_miss_columns(split, ctx.near, img_cpu, cap_cpu, gen, ctx.cfg.near_miss_count,
+                                          ctx.cfg.near_miss_flip_weight)
         extra = scale * view.e_img @ ctx.student.encode_text(tokens.to(view.e_img.device)).T
         sim_i2t, pos_i2t = torch.cat([sim, extra], 1), torch.cat([positive, truth.to(view.e_img.device)], 1)
     if dist.enabled:
@@ -256,7 +257,8 @@ def train_step(state: TrainState, ctx: StepContext) -> dict[str, float]:
     """
     state.student.train()
     dist = ctx.dist
-    img, cap = sample_pairs(ctx.world.train, ctx.cfg.batch * dist.world_size, state.generator)
+    sampler = sample_group_pairs if ctx.cfg.group_batches else sample_pairs
+    img, cap = sampler(ctx.world.train, ctx.cfg.batch * dist.world_size, state.generator)
     img, cap = dist.local(img), dist.local(cap)
     terms, named, view = _step_terms(state, ctx, img, cap, state.generator)
     total = sum(terms.values())

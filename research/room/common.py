@@ -1,0 +1,67 @@
+"""Shared pieces of the room experiments: worlds and stems by name, the false-negative rate of mined slates."""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import torch
+
+from workbench.data.world import Split, WorldConfig, build_world
+
+TEACHER_DIR = Path(__file__).resolve().parents[2] / "workbench" / "assets" / "teacher"
+STEM_CACHE = Path(__file__).resolve().parents[2] / "runs" / "room" / "stems"
+
+
+def world_config(name: str) -> WorldConfig:
+    from workbench.data import world as w
+
+    presets = getattr(w, "WORLD_PRESETS", {"ambiguous-v1": WorldConfig()})
+    if name in ("default", "ambiguous-v1") and name not in presets:
+        return WorldConfig()
+    return presets[name]
+
+
+@functools.lru_cache(maxsize=2)
+def get_world(name: str):
+    return build_world(world_config(name))
+
+
+def get_stem(world_name: str, world=None):
+    """The committed teacher's stem for worlds rendered like today's; else a stem pre-trained on this world."""
+    from workbench.models.teacher import load_teacher
+
+    cfg = world_config(world_name)
+    if not getattr(cfg, "needs_own_stem", False):
+        return load_teacher(TEACHER_DIR).stem
+    from workbench.models.stem import PatchStem
+    from workbench.training.stem import pretrain_stem
+
+    path = STEM_CACHE / f"{world_name}.pt"
+    if path.is_file():
+        stem = PatchStem()
+        stem.load_state_dict(torch.load(path))
+        return stem.eval().requires_grad_(False)
+    stem = pretrain_stem((world or get_world(world_name)).train)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(stem.state_dict(), path)
+    return stem
+
+
+@torch.no_grad()
+def false_negative_rate(img_emb: torch.Tensor, txt_emb: torch.Tensor, split: Split, k: int = 8) -> dict[str, float]:
+    """Share of gallery-mined top-``k`` negatives (own captions excluded: the split's "coco" relation) that are
+    semantically true for the query pair, per direction, plus the share of queries with >= 1 such negative."""
+    from workbench.scores.mining import mine_hard_negatives, relation_exclude
+
+    rel = split.relations()
+    sem = rel["semantic"]
+    out = {}
+    for direction, (q, c) in {"i2t": (img_emb, txt_emb), "t2i": (txt_emb, img_emb)}.items():
+        mined = mine_hard_negatives(q.float(), c.float(), k, positives=relation_exclude(rel["coco"], direction))
+        rows = torch.arange(len(q))[:, None].expand_as(mined.indices)
+        idx = mined.indices.clamp(min=0)
+        img, cap = (rows, idx) if direction == "i2t" else (idx, rows)
+        truth = sem.pairs(img.flatten(), cap.flatten()).reshape(idx.shape) & mined.valid
+        out[f"fn_rate_{direction}"] = 100 * truth.float().sum().item() / mined.valid.sum().item()
+        out[f"fn_any_{direction}"] = 100 * truth.any(1).float().mean().item()
+    return out
