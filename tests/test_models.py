@@ -8,7 +8,7 @@ from dataclasses import asdict
 import pytest
 import torch
 
-from workbench.data.grammar import PAD, tokenize
+from workbench.data.grammar import MAX_WORDS, PAD, tokenize
 from workbench.data.render import IMAGE_SIZE
 from workbench.data.scene import Obj
 from workbench.io import save_checkpoint
@@ -232,7 +232,8 @@ def test_configs_round_trip_through_dicts():
     assert StudentConfig.from_dict(asdict(SMALL_STUDENT)) == SMALL_STUDENT
     teacher = small_teacher_config("single")
     assert TeacherConfig.from_dict(asdict(teacher)) == teacher
-    assert TeacherConfig.from_dict({"dim": 32}) == TeacherConfig(dim=32)
+    # a config recorded before max_words existed (the ambiguous-v1 teacher) read MAX_WORDS words
+    assert TeacherConfig.from_dict({"dim": 32}) == TeacherConfig(dim=32, max_words=MAX_WORDS)
 
 
 def test_load_teacher_round_trip(tmp_path, batch):
@@ -246,9 +247,9 @@ def test_load_teacher_round_trip(tmp_path, batch):
 
 
 def test_committed_teacher_loads_and_separates_true_from_false_captions(tiny_world):
-    from workbench.experiments import DEFAULT_TEACHER
+    from workbench.experiments import teacher_for_world
 
-    teacher = load_teacher(DEFAULT_TEACHER)
+    teacher = load_teacher(teacher_for_world(tiny_world.config))  # tiny_world is ambiguous-v1: its own teacher
     s = tiny_world.test
     img = s.caption_image[:200]
     with torch.no_grad():

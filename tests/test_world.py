@@ -407,14 +407,20 @@ def test_grounding_and_layout_targets_on_hand_checked_captions():
         assert tuple(positions[c].tolist()) == pos, text
         for j in range(2):
             assert set(torch.nonzero(cells[c, j]).flatten().tolist()) == where[j], (text, j)
-    assert split.layout().tolist() == [code for *_, code in GROUNDING_CASES]
+    codes, readers = split.layout()
+    assert codes.shape == readers.shape == (len(GROUNDING_CASES), 1)  # one pair of mentions (chains: two)
+    assert codes[:, 0].tolist() == [code for *_, code in GROUNDING_CASES]
+    for c, (_, text, *_) in enumerate(GROUNDING_CASES):  # the word before the second mention's "a", if any
+        words = text.split()
+        second = len(words) - 1 - words[::-1].index("a") if words.count("a") > 1 else None
+        assert readers[c, 0] == (-1 if second is None else second), text
 
 
 def test_grounding_targets_point_at_shape_words_and_matching_objects(tiny_world):
     s = tiny_world.val
     positions, cells = s.grounding()
     shape_ids = {grammar.WORD_ID[w] for options in grammar.SHAPE_WORDS.values() for w in options}
-    layout = s.layout()
+    layout = s.layout()[0][:, 0]
     for c in range(s.num_captions):
         scene, mentions = own_scene(s, c), grammar.parse(s.texts[c]).mentions
         for j, m in enumerate(mentions):

@@ -35,7 +35,11 @@ DEFAULT_STORE = "runs/teacher_scores.sqlite"
 
 
 def _add_world(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--world", default="default", choices=["default", "smoke"], help="world size preset")
+    from workbench.experiments.workspace import DEFAULT_WORLD, WORLD_PRESETS
+
+    p.add_argument("--world", default="default", choices=list(WORLD_PRESETS),
+                   help=f"world preset: default = {DEFAULT_WORLD} (full size), smoke = the same world tiny, or a named "
+                        "world at full size")
     p.add_argument("--world-seed", type=int, default=0, help="seed of the built-in world")
 
 

@@ -8,7 +8,8 @@ import torch
 
 from workbench.data.world import Split, WorldConfig, build_world
 
-TEACHER_DIR = Path(__file__).resolve().parents[2] / "workbench" / "assets" / "teacher"
+# the stem of the room's results: the ambiguous-v1 teacher's (until 2026-12 the committed teacher in assets/teacher)
+TEACHER_DIR = Path(__file__).resolve().parents[2] / "workbench" / "assets" / "teacher-ambiguous-v1"
 STEM_CACHE = Path(__file__).resolve().parents[2] / "runs" / "room" / "stems"
 
 

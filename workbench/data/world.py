@@ -259,12 +259,13 @@ class Split:
         """Where each caption's objects are in its own image (for the teacher's grounding auxiliary loss).
 
         Returns:
-            (positions long [M, 2]: token index of each mention's shape word in written order, -1 if none;
-             cells bool [M, 2, 9]: grid cells holding an object that matches that mention).
+            (positions long [M, K]: token index of each mention's shape word in written order, -1 if none;
+             cells bool [M, K, 9]: grid cells holding an object that matches that mention), K = the most mentions
+            of a caption (at least 2; 3 for chains of 3 objects).
         """
         if self._grounding is None:
             self._grounding = _grounding_targets(self)
-        return self._grounding
+        return self._grounding[:2]
 
     def image_index(self, image_ids: torch.Tensor) -> torch.Tensor:
         """Global image ids long [P] -> split indices long [P]."""
@@ -274,35 +275,52 @@ class Split:
         """Global caption ids long [P] -> split indices long [P]."""
         return ids_to_index(self.caption_ids, caption_ids, "caption_ids", self.name)
 
-    def layout(self) -> torch.Tensor:
-        """long [M]: where each caption's 2nd mentioned object is relative to its 1st in its own image, as
-        ``3 * (row sign + 1) + (column sign + 1)`` in 0..8; -1 when a mention matches several objects."""
+    def layout(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Where each caption's (k+1)-th mentioned object is relative to its k-th, in its own image (for the
+        teacher's layout auxiliary loss): the pairs a relation links in a chain ("A left of B above C": (A, B),
+        (B, C)); the two mentions of a pair or conjunction caption.
+
+        Returns:
+            (codes long [M, K-1]: ``3 * (row sign + 1) + (column sign + 1)`` in 0..8, -1 when there is no
+             (k+1)-th mention or a mention of the pair matches several objects;
+             positions long [M, K-1]: the token that reads it, the last word between the two mentions (a relation
+             phrase's last word, or "and"), -1 when there is no (k+1)-th mention).
+        """
         if self._layout is None:
             positions, cells = self.grounding()
-            unique = (cells.sum(-1) == 1).all(-1) & (positions[:, 1] >= 0)
-            cell = cells.float().argmax(-1)  # [M, 2]
+            unique = cells.sum(-1) == 1  # [M, K]
+            cell = cells.float().argmax(-1)  # [M, K]
             row, col = cell // GRID, cell % GRID
-            code = 3 * (torch.sign(row[:, 1] - row[:, 0]) + 1) + torch.sign(col[:, 1] - col[:, 0]) + 1
-            self._layout = torch.where(unique, code, torch.full_like(code, -1))
-        return self._layout
+            code = 3 * (torch.sign(row[:, 1:] - row[:, :-1]) + 1) + torch.sign(col[:, 1:] - col[:, :-1]) + 1
+            keep = unique[:, 1:] & unique[:, :-1] & (positions[:, 1:] >= 0)
+            self._layout = torch.where(keep, code, torch.full_like(code, -1))
+        return self._layout, self._grounding[2]
 
     def relations(self) -> dict[str, PairRelation]:
         """The two evaluation protocols: {"semantic": true-for-image, "coco": written-for-image}."""
         return {"semantic": SemanticRelation(self), "coco": ImageIdRelation(self.caption_image, self.num_images)}
 
 
-def _grounding_targets(split: Split) -> tuple[torch.Tensor, torch.Tensor]:
-    positions = torch.full((split.num_captions, 2), -1, dtype=torch.long)
-    cells = torch.zeros(split.num_captions, 2, GRID * GRID, dtype=torch.bool)
+def _grounding_targets(split: Split) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(shape-word positions long [M, K], matching cells bool [M, K, 9], layout-reading positions long [M, K-1])."""
+    specs = [grammar.parse(text) for text in split.texts]
+    k = max([2] + [len(spec.mentions) for spec in specs])
+    positions = torch.full((split.num_captions, k), -1, dtype=torch.long)
+    cells = torch.zeros(split.num_captions, k, GRID * GRID, dtype=torch.bool)
+    between = torch.full((split.num_captions, k - 1), -1, dtype=torch.long)
     shape_words = {w for options in grammar.SHAPE_WORDS.values() for w in options}
-    for c, text in enumerate(split.texts):
+    for c, (text, spec) in enumerate(zip(split.texts, specs, strict=True)):
         scene = split.scenes[int(split.caption_image[c])]
-        where = [i + 1 for i, w in enumerate(text.split()) if w in shape_words]  # +1 for [CLS]
-        for j, mention in enumerate(grammar.parse(text).mentions[:2]):  # chains: the first relation's two
+        words = text.split()
+        where = [i + 1 for i, w in enumerate(words) if w in shape_words]  # +1 for [CLS]
+        starts = [i + 1 for i, w in enumerate(words) if w == "a"]  # each mention starts with "a"
+        for j, mention in enumerate(spec.mentions):
             positions[c, j] = where[j]
+            if j:
+                between[c, j - 1] = starts[j] - 1  # the word before the mention's "a"
             for o in scene.objects:
                 cells[c, j, o.row * GRID + o.col] |= mention.matches(o)
-    return positions, cells
+    return positions, cells, between
 
 
 class SemanticRelation(PairRelation):

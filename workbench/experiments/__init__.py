@@ -9,19 +9,25 @@
 from workbench.experiments.runs import fill_store, load_run, mined_pairs, train_run, train_teacher_run
 from workbench.experiments.workspace import (
     DEFAULT_TEACHER,
+    DEFAULT_WORLD,
     WORLD_PRESETS,
+    WORLD_TEACHERS,
     BuiltinWorkspace,
     KarpathyWorkspace,
     Workspace,
     open_karpathy_workspace,
     open_workspace,
     recorded_data,
+    teacher_for_world,
     workspace_from_record,
+    world_name,
 )
 
 __all__ = [
     "DEFAULT_TEACHER",
+    "DEFAULT_WORLD",
     "WORLD_PRESETS",
+    "WORLD_TEACHERS",
     "BuiltinWorkspace",
     "KarpathyWorkspace",
     "Workspace",
@@ -32,6 +38,8 @@ __all__ = [
     "open_workspace",
     "recorded_data",
     "train_run",
+    "teacher_for_world",
     "train_teacher_run",
     "workspace_from_record",
+    "world_name",
 ]

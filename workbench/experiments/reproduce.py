@@ -24,7 +24,7 @@ from workbench.evaluation.slates import EvalSlates, build_eval_slates
 from workbench.experiments.parallel import Job, run_jobs
 from workbench.experiments.plan import BASE, METHODS, PROFILES, VALIDITY, ReproduceProfile, Variant, jobs, variants
 from workbench.experiments.runs import fill_store
-from workbench.experiments.workspace import DEFAULT_TEACHER, WORLD_PRESETS, BuiltinWorkspace, open_workspace
+from workbench.experiments.workspace import WORLD_PRESETS, BuiltinWorkspace, open_workspace
 from workbench.findings import figures as fp
 from workbench.findings.agreement import agreement_summary, agreement_taus
 from workbench.findings.distributions import describe, per_query_stats, scale_spread
@@ -160,7 +160,7 @@ def reproduce(profile_name: str, out: Path, *, teacher_dir: str | Path | None = 
     """Run the plan and the analyses; write ``out/report.md``, ``out/findings.json`` and the figures."""
     start = time.time()
     p = PROFILES[profile_name]
-    ws = open_workspace(WORLD_PRESETS[p.world], teacher_dir or DEFAULT_TEACHER, out / "teacher_scores.sqlite")
+    ws = open_workspace(WORLD_PRESETS[p.world], teacher_dir or "auto", out / "teacher_scores.sqlite")
     table = [v for v in variants(p) if groups is None or v.group in groups or v.group == "headline"]
     todo = jobs(p, out / "runs", table)
     results = _train_all(ws, p, todo, workers, log)

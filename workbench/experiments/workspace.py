@@ -32,7 +32,8 @@ import torch
 from workbench.checks import check_choice
 from workbench.data.karpathy import DATASETS, KarpathySplit, load_karpathy
 from workbench.data.perturbations import MinimalPairs, minimal_pairs
-from workbench.data.world import World, WorldConfig, build_world
+from workbench.data.world import WORLD_PRESETS as NAMED_WORLDS
+from workbench.data.world import World, WorldConfig, build_world, world_preset
 from workbench.device import pick_device
 from workbench.distributed import current
 from workbench.evaluation.embed import embed_split
@@ -48,8 +49,18 @@ from workbench.scores.teacher_scores import TeacherScores
 from workbench.training.stem import pretrain_stem
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
-DEFAULT_TEACHER = ASSETS / "teacher"
-WORLD_PRESETS = {"smoke": WorldConfig(n_train=400, n_val=100, n_test=200), "default": WorldConfig()}
+DEFAULT_WORLD = "contrast-chain-v1"
+DEFAULT_TEACHER = ASSETS / "teacher"  # the committed teacher of the default world
+WORLD_TEACHERS: dict[str, Path] = {  # named world -> the committed teacher trained on it
+    "contrast-chain-v1": DEFAULT_TEACHER,
+    "ambiguous-v1": ASSETS / "teacher-ambiguous-v1",
+}
+WORLD_PRESETS: dict[str, WorldConfig] = {
+    "default": world_preset(DEFAULT_WORLD),  # the default world, full size
+    "smoke": world_preset(DEFAULT_WORLD, n_train=400, n_val=100, n_test=200),  # the default world, tiny (tests, CI)
+    **NAMED_WORLDS,  # every named world at full size: "ambiguous-v1" (the ablation), "contrast-chain-v1"
+}
+"""World presets by name (the CLI's ``--world``, the reproduce profiles, the notebooks)."""
 DEFAULT_TEACHERS = {"flickr30k": "Salesforce/blip-itm-base-flickr", "coco": "Salesforce/blip-itm-base-coco"}
 DEFAULT_STUDENT = "openai/clip-vit-base-patch16"
 REAL_FIT_DEFAULTS: dict[str, Any] = {"positives": "coco", "lr": 1e-5, "warmup": 100, "weight_decay": 0.1}
@@ -60,6 +71,27 @@ Announce = Callable[[str], None]
 IMAGE_CHECKS = ("header", "full", "skip")
 """How a real-data run checks its images before the first step (see :meth:`Workspace.preflight`)."""
 STUDENT_MODEL_TYPES = {"clip": "clip", "blip_itc": "blip"}
+
+
+_SIZE_FIELDS = ("seed", "n_train", "n_val", "n_test")
+
+
+def world_name(cfg: WorldConfig) -> str | None:
+    """The named world (:data:`workbench.data.world.WORLD_PRESETS`) ``cfg`` is, whatever its seed and split sizes;
+    ``None`` for a world that is none of them."""
+    def kind(c: WorldConfig) -> dict:
+        return {k: v for k, v in asdict(c).items() if k not in _SIZE_FIELDS}
+
+    return next((name for name, named in NAMED_WORLDS.items() if kind(named) == kind(cfg)), None)
+
+
+def teacher_for_world(cfg: WorldConfig) -> Path:
+    """The committed teacher of a world: the one trained on its named world (:data:`WORLD_TEACHERS`); a world that
+    is no named one gets the teacher of the named world with its caption style (chains: the default teacher)."""
+    name = world_name(cfg)
+    if name is None:
+        name = DEFAULT_WORLD if cfg.caption_style == "chain" else "ambiguous-v1"
+    return WORLD_TEACHERS[name]
 
 
 def world_namespace(cfg: WorldConfig) -> str:
@@ -240,8 +272,14 @@ class BuiltinWorkspace(Workspace):
         return world_namespace(self.world.config)
 
     def new_student(self, config: StudentConfig | None = None) -> DualEncoder:
-        """A fresh student sharing the frozen stem (a CPU copy: the student moves to its device when it trains)."""
-        return DualEncoder(config or StudentConfig(), stem=copy.deepcopy(self.stem).cpu())
+        """A fresh student sharing the frozen stem (a CPU copy: the student moves to its device when it trains).
+
+        The default config is ``StudentConfig()``; on a world of chain captions (longer than its ``max_words``) it
+        reads 24 words, as the relation-capable student presets do.
+        """
+        if config is None:
+            config = StudentConfig(max_words=24) if self.world.config.caption_style == "chain" else StudentConfig()
+        return DualEncoder(config, stem=copy.deepcopy(self.stem).cpu())
 
     def controlled_scores(self, settings: dict[str, Any]) -> Callable:
         from workbench.models.controlled import ControlledConfig, ControlledTeacher
@@ -281,13 +319,18 @@ class BuiltinWorkspace(Workspace):
                 "store": str(self.store_path) if self.store_path else None}
 
 
-def open_workspace(world_cfg: WorldConfig | None = None, teacher_dir: str | Path | None = DEFAULT_TEACHER,
+def open_workspace(world_cfg: WorldConfig | None = None, teacher_dir: str | Path | None = "auto",
                    store_path: str | Path | None = None, device: str = "auto") -> BuiltinWorkspace:
-    """Build the world and load the teacher (its stem is shared with students); no teacher -> pretrain a stem.
+    """Build the world (default: ``WORLD_PRESETS["default"]``) and load the teacher (its stem is shared with
+    students); ``teacher_dir="auto"``: the world's committed teacher (:func:`teacher_for_world`); ``None``: no
+    teacher (a stem is pretrained instead).
 
     The teacher goes to ``device`` (CUDA when available for ``"auto"``); students move there when they train.
     """
-    world = build_world(world_cfg or WorldConfig())
+    world_cfg = world_cfg or WORLD_PRESETS["default"]
+    if teacher_dir == "auto":
+        teacher_dir = teacher_for_world(world_cfg)
+    world = build_world(world_cfg)
     teacher = None
     if teacher_dir is not None:
         if not (Path(teacher_dir) / "config.json").is_file():
@@ -476,7 +519,9 @@ def workspace_from_record(data: dict[str, Any], **overrides: Any) -> Workspace:
         kind = "builtin"
     if kind == "builtin":
         world = given.get("world_cfg") or WorldConfig(**data.get("world", {}))
-        teacher = given.get("teacher") or data.get("teacher", DEFAULT_TEACHER)
+        teacher = given.get("teacher") or data.get("teacher", "auto")
+        if teacher != "auto" and Path(teacher) == DEFAULT_TEACHER and teacher_for_world(world) != DEFAULT_TEACHER:
+            teacher = teacher_for_world(world)  # recorded before the ambiguous-v1 teacher moved out of assets/teacher
         return open_workspace(world, teacher, given.get("store") or data.get("store"), given.get("device", "auto"))
     keys = ("dataset", "karpathy_json", "image_root", "teacher", "student", "student_kind", "store", "device",
             "max_images", "restval_as_train", "teacher_cache_images")

@@ -39,9 +39,13 @@ class TeacherConfig:
     prev_token: bool = True
     embed_dim: int = 64  # ITC embedding size
     stem: StemConfig = StemConfig()
+    # longest caption the text embedding reads (position embeddings: max_words + 1). Chains of 3 objects have up to
+    # 22 words (24 as the relation-capable student presets); a config recorded without this field (the ambiguous-v1
+    # teacher) read MAX_WORDS = 15
+    max_words: int = 24
 
     def __post_init__(self) -> None:
-        for name in ("dim", "heads", "mlp", "fusion_layers", "embed_dim"):
+        for name in ("dim", "heads", "mlp", "fusion_layers", "embed_dim", "max_words"):
             check_int(name, getattr(self, name), min_value=1)
         check_int("image_layers", self.image_layers, min_value=0)
         check_int("text_layers", self.text_layers, min_value=0)
@@ -51,8 +55,10 @@ class TeacherConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> TeacherConfig:
+        """The config recorded in a checkpoint; one recorded before ``max_words`` existed read MAX_WORDS words."""
         d = dict(d)
         d["stem"] = StemConfig(**d.get("stem", {}))
+        d.setdefault("max_words", MAX_WORDS)
         return cls(**d)
 
 
@@ -69,7 +75,7 @@ class CrossEncoder(nn.Module):
         self.patch_proj = nn.Linear(c.stem.dim, c.dim)
         self.patch_pos = nn.Parameter(torch.randn(NUM_PATCHES, c.dim) * 0.5)
         self.image_blocks = nn.ModuleList(Block(c.dim, c.heads, c.mlp) for _ in range(c.image_layers))
-        self.text_embed = TextEmbedding(len(VOCAB), MAX_WORDS + 1, c.dim, prev_token=c.prev_token)
+        self.text_embed = TextEmbedding(len(VOCAB), c.max_words + 1, c.dim, prev_token=c.prev_token)
         self.text_blocks = nn.ModuleList(Block(c.dim, c.heads, c.mlp) for _ in range(c.text_layers))
         cross = c.fusion == "cross"
         self.type_embed = nn.Parameter(torch.randn(2, c.dim) * 0.5)
@@ -91,7 +97,11 @@ class CrossEncoder(nn.Module):
         return x
 
     def encode_text(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """long [M, T] -> (word encodings float [M, T, d], padding bool [M, T])."""
+        """long [M, T] -> (word encodings float [M, T, d], padding bool [M, T]); T <= ``max_words + 1``."""
+        if tokens.shape[-1] > self.config.max_words + 1:
+            raise ValueError(f"this teacher reads captions of up to {self.config.max_words} words (max_words), got "
+                             f"token rows {tokens.shape[-1]} wide ([CLS] + {tokens.shape[-1] - 1} words): train a "
+                             "teacher with a larger --max-words for this world")
         pad = tokens == PAD
         x = self.text_embed(tokens)
         for block in self.text_blocks:

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from workbench.checks import check_float, check_int
+from workbench.data.grammar import PAD
 from workbench.data.nearmiss import NearMisses
 from workbench.data.world import SemanticRelation, Split
 from workbench.device import autocast
@@ -38,7 +39,7 @@ class TeacherTrainConfig:
     warmup: int = 200
     weight_itc: float = 1.0
     weight_ground: float = 1.0  # grounding auxiliary loss: each mention's shape word predicts its object's cell
-    weight_layout: float = 0.0  # layout auxiliary loss: [CLS] predicts where the 2nd object is relative to the 1st
+    weight_layout: float = 0.0  # layout auxiliary loss: the word between two mentions predicts their relative place
     flip_share: float = 0.3  # share of near-misses that flip the relation (the kind learned last)
     eval_every: int = 250
     seed: int = 1  # the committed teacher's seed (with seed 0 relations were still at chance after 4,000 steps)
@@ -65,29 +66,34 @@ def balanced_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def grounding_loss(model: CrossEncoder, fused: torch.Tensor, split: Split, cap: torch.Tensor) -> torch.Tensor:
-    """BCE of each mention's shape-word state predicting the cells of matching objects (own-image pairs only).
+    """BCE of each mention's shape-word state predicting the cells of matching objects (own-image pairs only);
+    every mention of a chain.
 
     Args:
         fused: float [B, T, d] fused states of (image, own caption) pairs; cap: long [B] caption indices.
     """
     positions, cells = split.grounding()
-    pos, target = positions[cap].to(fused.device), cells[cap].float().to(fused.device)  # [B, 2], [B, 2, 9]
+    pos, target = positions[cap].to(fused.device), cells[cap].float().to(fused.device)  # [B, K], [B, K, 9]
     has = pos >= 0
-    states = fused.gather(1, pos.clamp(min=0)[..., None].expand(-1, -1, fused.shape[-1]))  # [B, 2, d]
+    states = fused.gather(1, pos.clamp(min=0)[..., None].expand(-1, -1, fused.shape[-1]))  # [B, K, d]
     bce = F.binary_cross_entropy_with_logits(model.ground_head(states), target, reduction="none").mean(-1)
     return (bce * has).sum() / has.sum().clamp(min=1)
 
 
 def layout_loss(model: CrossEncoder, fused: torch.Tensor, split: Split, cap: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of [CLS] predicting where the 2nd mentioned object is relative to the 1st (own-image pairs).
+    """Cross-entropy of the word between two consecutive mentions (a relation phrase's last word, or "and")
+    predicting where the second mention's object is relative to the first's (own-image pairs; both relations
+    of a chain).
 
     Args:
         fused: float [B, T, d] fused states of (image, own caption) pairs; cap: long [B] caption indices.
     """
-    target = split.layout()[cap].to(fused.device)  # [B], -1 = ambiguous
+    codes, positions = split.layout()
+    target, pos = codes[cap].to(fused.device), positions[cap].to(fused.device)  # [B, K-1], -1 = none / ambiguous
     if not (target >= 0).any():
         return fused.sum() * 0.0
-    return F.cross_entropy(model.layout_head(fused[:, 0]), target, ignore_index=-1)
+    states = fused.gather(1, pos.clamp(min=0)[..., None].expand(-1, -1, fused.shape[-1]))  # [B, K-1, d]
+    return F.cross_entropy(model.layout_head(states).flatten(0, 1), target.flatten(), ignore_index=-1)
 
 
 def auxiliary_terms(model: CrossEncoder, fused: torch.Tensor, split: Split, cap: torch.Tensor,
@@ -110,12 +116,19 @@ def kind_weights(near: NearMisses, flip_share: float) -> torch.Tensor:
     return w
 
 
+def same_width(*tokens: torch.Tensor) -> list[torch.Tensor]:
+    """Token tensors long [*, T_i] padded with [PAD] to their widest T (a split's captions and its near-misses may
+    differ by a column; padding is masked, so scores do not change)."""
+    width = max(t.shape[-1] for t in tokens)
+    return [F.pad(t, (0, width - t.shape[-1]), value=PAD) for t in tokens]
+
+
 def binding_step(model: CrossEncoder, split: Split, near: NearMisses, img: torch.Tensor, cap: torch.Tensor,
                  gen: torch.Generator, cfg: TeacherTrainConfig) -> dict[str, torch.Tensor]:
     """Phase-1 losses for a batch of (image, own caption) index pairs [B]."""
     dev = _device(model)
     false_tokens, has = near.sample(cap, gen, kind_weights(near, cfg.flip_share))
-    tokens = torch.cat([split.tokens[cap[has]], false_tokens[has]]).to(dev)
+    tokens = torch.cat(same_width(split.tokens[cap[has]], false_tokens[has])).to(dev)
     with autocast(dev):
         enc_img = model.encode_image(split.images[img[has]].to(dev))
         txt, pad = model.encode_text(tokens)
@@ -133,14 +146,15 @@ def full_step(model: CrossEncoder, split: Split, near: NearMisses, img: torch.Te
     positive = truth.block(img, cap)  # [B, B], CPU
     rand_cap = torch.randint(split.num_captions, (len(img),), generator=gen)
     near_tok, has = near.sample(cap, gen, kind_weights(near, cfg.flip_share))
+    cap_tok, rand_tok, near_tok = same_width(split.tokens[cap], split.tokens[rand_cap], near_tok[has])
     with autocast(dev):
         enc_img = model.encode_image(split.images[img].to(dev))
-        txt, pad = model.encode_text(split.tokens[cap].to(dev))
+        txt, pad = model.encode_text(cap_tok.to(dev))
         sim = (model.itc_logit_scale * model.itc_embed_image(enc_img) @ model.itc_embed_text(txt).T).float()
         hard_cap = sample_hard(sim.cpu(), positive, gen)  # [B] batch positions
         hard_img = sample_hard(sim.T.cpu(), positive.T, gen)
-        rand_txt, rand_pad = model.encode_text(split.tokens[rand_cap].to(dev))
-        near_txt, near_pad = model.encode_text(near_tok[has].to(dev))
+        rand_txt, rand_pad = model.encode_text(rand_tok.to(dev))
+        near_txt, near_pad = model.encode_text(near_tok.to(dev))
         hard_d, hard_i, has_d = hard_cap.to(dev), hard_img.to(dev), has.to(dev)
         pairs_img = torch.cat([enc_img, enc_img, enc_img[hard_i], enc_img, enc_img[has_d]])
         pairs_txt = torch.cat([txt, txt[hard_d], txt, rand_txt, near_txt])
