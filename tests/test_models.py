@@ -258,3 +258,43 @@ def test_committed_teacher_loads_and_separates_true_from_false_captions(tiny_wor
     assert torch.isfinite(own).all()
     assert (own > other)[~truth].float().mean() > 0.8  # a trained teacher, not random weights
     assert tokenize(["a red square"]).shape[1] == s.tokens.shape[1]
+
+
+@pytest.mark.parametrize("cross", [False, True])
+def test_attention_is_multihead_attention_and_runs_under_vmap(cross):
+    """The matmul attention of Block keeps nn.MultiheadAttention's parameters, initial values (same seed) and math,
+    so checkpoints load unchanged; unlike it, it runs under torch.func.vmap over stacked weights."""
+    from torch import nn
+    from torch.func import functional_call, stack_module_state, vmap
+
+    from workbench.models.layers import Attention, Block
+
+    torch.manual_seed(5)
+    reference = nn.MultiheadAttention(32, 4, batch_first=True)
+    torch.manual_seed(5)
+    ours = Attention(32, 4)
+    assert list(ours.state_dict()) == list(reference.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(ours.state_dict().values(), reference.state_dict().values(),
+                                                  strict=True))
+    x, ctx = torch.randn(6, 7, 32), torch.randn(6, 9, 32)
+    pad = torch.zeros(6, 9 if cross else 7, dtype=torch.bool)
+    pad[:, 5:] = True
+    keys = ctx if cross else x
+    with torch.no_grad():
+        for mode in (True, False):
+            reference.train(mode), ours.train(mode)
+            want = reference(x, keys, keys, key_padding_mask=pad, need_weights=False)[0]
+            got = ours(x, ctx if cross else None, pad=pad)
+            assert torch.allclose(got, want, atol=2e-6), (got - want).abs().max()
+
+    blocks = [Block(32, 4, 48, cross=cross) for _ in range(3)]
+    params, buffers = stack_module_state(blocks)
+    context = ctx if cross else None
+
+    def one(p, b, inp):
+        return functional_call(blocks[0], {**p, **b}, (inp,), {"pad": pad[:, :7], "context": context})
+
+    stacked = vmap(one, in_dims=(0, 0, None))(params, buffers, x)
+    with torch.no_grad():
+        for i, block in enumerate(blocks):
+            assert torch.allclose(stacked[i], block(x, pad=pad[:, :7], context=context), atol=1e-5)
