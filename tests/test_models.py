@@ -298,3 +298,29 @@ def test_attention_is_multihead_attention_and_runs_under_vmap(cross):
     with torch.no_grad():
         for i, block in enumerate(blocks):
             assert torch.allclose(stacked[i], block(x, pad=pad[:, :7], context=context), atol=1e-5)
+
+
+def test_a_pairs_teacher_score_does_not_depend_on_the_batch_that_scored_it(tiny_world):
+    """Bit for bit: the same pairs scored in another order, other groupings, one at a time, or with another thread
+    count give the same scores (fixed-shape fusion chunks), so a store holds one value per pair whoever wrote it."""
+    torch.manual_seed(0)
+    teacher = CrossEncoder(small_teacher_config("cross")).eval()
+    split = tiny_world.train
+    scorer = teacher.pair_scorer(split, chunk=64)
+    gen = torch.Generator().manual_seed(1)
+    img = torch.randint(split.num_images, (300,), generator=gen)
+    cap = torch.randint(split.num_captions, (300,), generator=gen)
+    want = scorer(img, cap)
+    perm = torch.randperm(300, generator=gen)
+    assert torch.equal(scorer(img[perm], cap[perm]), want[perm])
+    cuts = [0, 1, 7, 64, 65, 190, 300]
+    parts = [scorer(img[a:b], cap[a:b]) for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
+    assert torch.equal(torch.cat(parts), want)
+    assert torch.equal(torch.cat([scorer(img[i : i + 1], cap[i : i + 1]) for i in range(20)]), want[:20])
+    assert torch.equal(teacher.pair_scorer(split, chunk=64)(img, cap), want)  # a fresh scorer (new encodings)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert torch.equal(scorer(img, cap), want)
+    finally:
+        torch.set_num_threads(threads)

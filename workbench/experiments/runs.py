@@ -68,6 +68,7 @@ def train_run(ws: Workspace, cfg: FitConfig, out_dir: str | Path | None, *, card
     seconds = time.time() - start
     metrics = ws.evaluate(student, card, announce=announce) | {"train_seconds": seconds}
     if before is not None:
+        teacher_scores.flush()  # the run's new scores reach the file (one transaction) before it counts as done
         metrics["teacher_store"] = asdict(teacher_scores.stats - before)
     if out_dir is not None and dist.is_main:
         write_run(Path(out_dir), run_config(ws, cfg, student, controlled, dist), state.history, metrics)
@@ -162,6 +163,7 @@ def fill_store(ws: Workspace, student: Any, split: str = "train", top: int = 16,
         scores(img[rows.start : rows.stop], cap[rows.start : rows.stop])
         if announce is not None:
             announce(f"store      fill {direction}: {scores.stats.postfix()}")
+    scores.flush()
     dist.barrier()
     stats = scores.stats - before
     return {"pairs": sum(len(p[0]) for p in pairs.values()), "computed_pairs": stats.computed_pairs,

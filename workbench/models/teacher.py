@@ -24,6 +24,11 @@ from workbench.data.grammar import MAX_WORDS, PAD, VOCAB
 from workbench.models.layers import Block, TextEmbedding
 from workbench.models.stem import NUM_PATCHES, PatchStem, StemConfig
 
+SCORING_VERSION = 2
+"""Version of the pair-scoring numerics, part of the store fingerprint. 2: matmul attention, fixed-shape chunks."""
+PAIR_CHUNK = 256  # pairs per fusion call on a CPU (every call this shape: deterministic scores)
+PAIR_CHUNK_ACCELERATOR = 4096
+
 
 @dataclass(frozen=True)
 class TeacherConfig:
@@ -141,12 +146,13 @@ class CrossEncoder(nn.Module):
         return asdict(self.config)
 
     def fingerprint_config(self) -> dict:
-        """What besides the weights determines the scores (for the score store's fingerprint)."""
-        return self.config_dict()
+        """What besides the weights determines the scores (for the score store's fingerprint): the config and the
+        version of the scoring numerics (a store never mixes scores computed by different scoring code)."""
+        return self.config_dict() | {"scoring": SCORING_VERSION}
 
-    def pair_scorer(self, split, batch: int = 2048) -> PairScorer:
+    def pair_scorer(self, split, batch: int = 2048, chunk: int | None = None) -> PairScorer:
         """A :class:`PairScorer` over a built-in split's (image, caption) index pairs."""
-        return PairScorer(self, split.images, split.tokens, batch)
+        return PairScorer(self, split.images, split.tokens, batch, chunk)
 
 
 class PairScorer:
@@ -154,10 +160,19 @@ class PairScorer:
     once (cached) so every pair only runs the fusion layers.
 
     ``scorer(img long [P], cap long [P]) -> ITM logits float [P]``; ``scorer.probability(...)`` gives sigmoids.
+
+    Deterministic: pairs run through the fusion in chunks of exactly ``chunk`` pairs (the last one padded with
+    copies of the first pair), so every pair is computed by kernels of one shape, whatever request it came in, its
+    position there and the other pairs beside it: a pair's score is a function of the pair (bit for bit on one
+    machine and device), not of the batch that scored it. ``batch`` sets how many images / captions are encoded
+    at a time.
     """
 
-    def __init__(self, teacher: CrossEncoder, images: torch.Tensor, tokens: torch.Tensor, batch: int = 2048):
+    def __init__(self, teacher: CrossEncoder, images: torch.Tensor, tokens: torch.Tensor, batch: int = 2048,
+                 chunk: int | None = None):
         self.teacher, self.images, self.tokens, self.batch = teacher, images, tokens, batch
+        device = next(teacher.parameters()).device
+        self.chunk = chunk or (PAIR_CHUNK if device.type == "cpu" else PAIR_CHUNK_ACCELERATOR)
         self._img: torch.Tensor | None = None
         self._txt: tuple[torch.Tensor, torch.Tensor] | None = None
         self.pairs_scored = 0
@@ -175,11 +190,18 @@ class PairScorer:
     @torch.no_grad()
     def __call__(self, img: torch.Tensor, cap: torch.Tensor) -> torch.Tensor:
         enc_img, txt, pad = self._encodings()
+        n = len(img)
+        if n == 0:
+            return torch.empty(0)
         img, cap = img.to(enc_img.device), cap.to(enc_img.device)
-        chunks = zip(img.split(self.batch), cap.split(self.batch), strict=True)
+        padded = -(-n // self.chunk) * self.chunk
+        if padded > n:  # fill the last chunk with copies of the first pair: every call has one shape
+            img = torch.cat([img, img[:1].expand(padded - n)])
+            cap = torch.cat([cap, cap[:1].expand(padded - n)])
+        chunks = zip(img.split(self.chunk), cap.split(self.chunk), strict=True)
         out = [self.teacher.itm(enc_img[i], txt[c], pad[c]).float() for i, c in chunks]
-        self.pairs_scored += len(img)
-        return torch.cat(out).cpu() if out else torch.empty(0)
+        self.pairs_scored += n
+        return torch.cat(out)[:n].cpu()
 
     def probability(self, img: torch.Tensor, cap: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self(img, cap))
