@@ -137,12 +137,16 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--teacher", default=None, help="teacher folder (default: the committed one)")
     rep.add_argument("--workers", type=int, default=None, help="parallel training processes (default: profile's)")
     rep.add_argument("--groups", default=None, help="comma-separated experiment groups (default: the profile's)")
+    rep.add_argument("--members", type=int, default=None,
+                     help="runs trained as one batched model per worker (default: 32 on a GPU, 1 on a CPU)")
 
     demo = sub.add_parser("demo", help="what `make demo` runs: `reproduce` on the built-in world (report, figures)")
     demo.add_argument("--profile", default="quick", choices=["smoke", "quick", "full"])
     demo.add_argument("--out", default="runs/demo")
     demo.add_argument("--workers", type=int, default=None, help="parallel training processes (default: profile's)")
     demo.add_argument("--teacher", default=None, help="teacher folder (default: the committed one)")
+    demo.add_argument("--members", type=int, default=None,
+                      help="runs trained as one batched model per worker (default: 32 on a GPU, 1 on a CPU)")
     return parser
 
 
@@ -353,14 +357,16 @@ def cmd_reproduce(args) -> int:
     groups = tuple(args.groups.split(",")) if args.groups else None
     for g in groups or ():
         check_choice("--groups entry", g, ALL_GROUPS)
-    reproduce(args.profile, Path(args.out), teacher_dir=args.teacher, workers=args.workers, groups=groups)
+    reproduce(args.profile, Path(args.out), teacher_dir=args.teacher, workers=args.workers, groups=groups,
+              members=args.members, progress=True)
     return 0
 
 
 def cmd_demo(args) -> int:
     from workbench.experiments.reproduce import reproduce
 
-    reproduce(args.profile, Path(args.out), teacher_dir=args.teacher, workers=args.workers)
+    reproduce(args.profile, Path(args.out), teacher_dir=args.teacher, workers=args.workers, members=args.members,
+              progress=True)
     print(f"report: {Path(args.out) / 'report.md'}   figures: figures/ and {Path(args.out) / 'figures'}")
     return 0
 

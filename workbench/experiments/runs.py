@@ -33,6 +33,7 @@ from workbench.io import read_json, save_checkpoint, write_json
 from workbench.models.teacher import CrossEncoder, TeacherConfig
 from workbench.scores.mining import mine_hard_negatives, relation_exclude
 from workbench.scores.similarity import topk_similarity
+from workbench.scores.store import StoreStats
 from workbench.scores.teacher_scores import TeacherScores
 from workbench.training.batched import Member, fit_batched
 from workbench.training.config import FitConfig
@@ -63,7 +64,7 @@ def train_run(ws: Workspace, cfg: FitConfig, out_dir: str | Path | None, *, card
     torch.manual_seed(cfg.seed)  # the student's initialisation is part of the run's seed
     student = ws.new_student()
     callbacks = tuple(callbacks) + _probe_callbacks(cfg, ws, teacher_scores, student, probe_every)
-    before = teacher_scores.stats if isinstance(teacher_scores, TeacherScores) else None
+    before = _stats(teacher_scores)
     start = time.time()
     state = fit(cfg, ws.data, student, teacher_scores=teacher_scores, evaluate=ws.val_evaluator(), out_dir=out_dir,
                 resume=resume, progress=progress, step_callbacks=step_callbacks, callbacks=callbacks, dist=dist)
@@ -122,7 +123,7 @@ def train_runs_batched(ws: Workspace, specs: Sequence[Any], *, progress=None, st
         members.append(Member(cfg, student, teacher_scores, ws.val_evaluator(), spec.out_dir,
                               tuple(callbacks) + probes, name))
         scores.append(teacher_scores)
-    stores = {id(s): s for s in scores if isinstance(s, TeacherScores)}
+    stores = {id(s): s for s in scores if _stats(s) is not None}
     before = {k: s.stats for k, s in stores.items()}
     batched = fit_batched(members, ws.data, step_callbacks=step_callbacks, progress=progress, log=log)
     for s in stores.values():
@@ -132,7 +133,7 @@ def train_runs_batched(ws: Workspace, specs: Sequence[Any], *, progress=None, st
         card = ws.protocol_card("test", rerank=spec.rerank)
         metrics = ws.evaluate(member.student, card) | {"train_seconds": batched.seconds}
         metrics["batched"] = {"members": len(members), "member": i, "wall_seconds": batched.seconds}
-        if isinstance(scores[i], TeacherScores):  # the store is shared: its counters cover the whole batch
+        if id(scores[i]) in stores:  # the store is shared: its counters cover the whole batch
             metrics["teacher_store"] = asdict(scores[i].stats - before[id(scores[i])])
         if i in batched.diverged:
             metrics["diverged"] = batched.diverged[i]
@@ -141,6 +142,12 @@ def train_runs_batched(ws: Workspace, specs: Sequence[Any], *, progress=None, st
                       metrics)
         out.append(metrics)
     return out
+
+
+def _stats(scores: Any) -> StoreStats | None:
+    """The counters of store-like teacher scores (the store, the dense grid), None for others."""
+    stats = getattr(scores, "stats", None)
+    return stats if isinstance(stats, StoreStats) else None
 
 
 def _training_scores(ws: Workspace, cfg: FitConfig, controlled: dict | None):
@@ -218,6 +225,8 @@ def fill_store(ws: Workspace, student: Any, split: str = "train", top: int = 16,
     that distillation runs mining with the same positives mostly hit it. Ranks share the work (each scores a slice
     of each direction's pairs into the shared store file)."""
     dist = current() if dist is None else dist
+    if getattr(ws, "uses_dense_teacher", lambda s: False)(split):
+        return {"pairs": 0, "computed_pairs": 0, "hit_rate": float("nan"), "dense": True}  # every pair is scored
     data = ws.split(split)
     pairs = mined_pairs(student, data, top, positives)
     scores = ws.teacher_scores(split)

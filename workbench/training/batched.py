@@ -339,12 +339,11 @@ def _finite_members(stack: StackedStudents, totals: dict[int, torch.Tensor], liv
     """Whether each live member's loss and every gradient of it are finite (one device sync)."""
     if not live:
         return []
-    ok = torch.stack([torch.isfinite(totals[i].detach()) for i in live])
-    index = torch.tensor(live, device=ok.device)
-    for key in stack.trainable:
-        grad = stack.params[key].grad
-        if grad is not None:
-            ok &= torch.isfinite(grad[index].reshape(len(live), -1)).all(1)
+    index = torch.tensor(live, device=totals[live[0]].device)
+    grads = [g.reshape(g.shape[0], -1) for k in stack.trainable if (g := stack.params[k].grad) is not None]
+    ok = torch.isfinite(torch.stack([totals[i].detach() for i in live]))
+    if grads:
+        ok &= torch.isfinite(torch.cat(grads, 1)[index]).all(1)
     return ok.tolist()
 
 
@@ -422,21 +421,20 @@ def _rows(stack, runs, terms, named, totals) -> list[dict | None]:
 
 @torch.no_grad()
 def _refresh_galleries(stack: StackedStudents, runs: list[_Run], world, device, step: int) -> None:
-    """Re-embed the training split for every member whose gallery pool is due (one vmap over those members)."""
-    due = [i for i, run in enumerate(runs) if run.stopped is None and _gallery_due(run.cfg, _Due(step, run.gallery))]
-    if not due:
-        return
+    """Re-embed the training split for every member whose gallery pool is due, member by member with the single
+    model's arithmetic (as ``refresh_gallery``: chunks of the student's ``embed_batch``). A split is large enough
+    that batching members gains nothing on a CPU, and this way the gallery is the one the run alone would mine."""
     split = world.train
-    subset = torch.tensor(due, device=device)
     stack.template.eval()
-    batch = getattr(runs[0].member.student, "embed_batch", 1024)
-    with autocast(device, runs[0].cfg.amp):
-        img = torch.cat([stack.call("encode_images", split, idx, device, in_dims=(None, None, None), subset=subset)
-                         .float() for idx in torch.arange(split.num_images).split(batch)], 1)
-        txt = torch.cat([stack.call("encode_texts", split, idx, device, in_dims=(None, None, None), subset=subset)
-                         .float() for idx in torch.arange(split.num_captions).split(batch)], 1)
-    for j, i in enumerate(due):
-        runs[i].gallery = {"i2t": txt[j], "t2i": img[j]}
+    for i, run in enumerate(runs):
+        if run.stopped is None and _gallery_due(run.cfg, _Due(step, run.gallery)):
+            batch = getattr(run.member.student, "embed_batch", 1024)
+            with autocast(device, run.cfg.amp):
+                img = torch.cat([stack.call_one(i, "encode_images", split, idx, device).float()
+                                 for idx in torch.arange(split.num_images).split(batch)])
+                txt = torch.cat([stack.call_one(i, "encode_texts", split, idx, device).float()
+                                 for idx in torch.arange(split.num_captions).split(batch)])
+            run.gallery = {"i2t": txt, "t2i": img}
     stack.template.train()
 
 

@@ -74,3 +74,9 @@ class StackedStudents:
             own[key.removeprefix("student.")].copy_(value[i])
         for key, value in self.shared.items():
             own[key.removeprefix("student.")].copy_(value)
+
+    def call_one(self, i: int, method: str, *args: Any) -> Any:
+        """``student.<method>(*args)`` with member ``i``'s weights alone (no vmap: the single model's arithmetic,
+        for work that is large enough per member, such as embedding a whole split)."""
+        params = {k: v[i] for k, v in self.params.items()}
+        return functional_call(self.template, {**params, **self.shared}, (method, *args))
