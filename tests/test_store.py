@@ -400,3 +400,23 @@ def test_computed_rows_are_written_in_batches(tmp_path: Path) -> None:
     assert proc.exitcode == 0
     with TeacherScoreStore(tmp_path / "exit.sqlite", "fp", "ns") as reopened:
         assert reopened.lookup(torch.arange(6), torch.arange(6))[0].all()
+
+
+def test_a_store_opened_in_a_thread_is_flushed_and_closed_from_another(tmp_path: Path) -> None:
+    """A notebook panel trains (and opens the store) in a background thread; the main thread flushes and closes."""
+    import threading
+
+    box = {}
+
+    def train() -> None:
+        box["store"] = TeacherScoreStore(tmp_path / "s.sqlite", "fp", "ns")
+        box["store"].get_or_compute(torch.arange(4), torch.arange(4), _true_scores)
+
+    worker = threading.Thread(target=train)
+    worker.start()
+    worker.join()
+    store = box["store"]
+    assert store.pending == 4
+    store.close()
+    with TeacherScoreStore(tmp_path / "s.sqlite", "fp", "ns") as reopened:
+        assert reopened.lookup(torch.arange(4), torch.arange(4))[0].all()

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
+import threading
 import time
 import weakref
 from collections.abc import Callable
@@ -190,6 +191,7 @@ class TeacherScoreStore:
         self.read_through = bool(read_through)
         self.write_every = check_int("write_every", write_every, min_value=0)
         self._pending = _Pending(self._conn, self._scope)  # computed rows not yet in SQLite
+        self._lock = self._pending.lock  # one transaction at a time on this connection, whichever thread
         self._finalizer = weakref.finalize(self, self._pending.flush)  # a normal exit writes what is pending
 
     # --- public API -------------------------------------------------------------------------------------------
@@ -262,14 +264,17 @@ class TeacherScoreStore:
     def __len__(self) -> int:
         """Rows stored for this fingerprint and namespace (valid or not)."""
         self.flush()
-        return self._conn.execute("SELECT COUNT(*) FROM scores WHERE scope_id = ?", (self._scope,)).fetchone()[0]
+        with self._lock:
+            query = "SELECT COUNT(*) FROM scores WHERE scope_id = ?"
+            return self._conn.execute(query, (self._scope,)).fetchone()[0]
 
     def close(self) -> None:
         """Write the pending rows and close the SQLite connection (idempotent)."""
         try:
             self._finalizer()  # flushes once; later calls do nothing
         finally:
-            self._conn.close()
+            with self._lock:
+                self._conn.close()
 
     def __enter__(self) -> TeacherScoreStore:
         return self
@@ -316,15 +321,16 @@ class TeacherScoreStore:
         """
         if self._keys is not None:
             return
-        cursor = self._conn.execute(
-            f"SELECT image_id, caption_id, {_SELECT.format(p='')} FROM scores WHERE scope_id = ?", (self._scope,)
-        )
         keys, vals, bad = [np.empty(0, dtype=np.int64)], [np.empty((0, 2))], [np.empty(0, dtype=np.int64)]
-        while rows := cursor.fetchmany(_LOAD_CHUNK):
-            img, cap, v, ok = self._verify(rows)
-            keys.append(img[ok] * 2**32 + cap[ok])
-            vals.append(v[ok])
-            bad.append(img[~ok] * 2**32 + cap[~ok])
+        with self._lock:
+            cursor = self._conn.execute(
+                f"SELECT image_id, caption_id, {_SELECT.format(p='')} FROM scores WHERE scope_id = ?", (self._scope,)
+            )
+            while rows := cursor.fetchmany(_LOAD_CHUNK):
+                img, cap, v, ok = self._verify(rows)
+                keys.append(img[ok] * 2**32 + cap[ok])
+                vals.append(v[ok])
+                bad.append(img[~ok] * 2**32 + cap[~ok])
         all_keys = np.concatenate(keys)
         order = np.argsort(all_keys, kind="stable")
         self._keys, self._vals = all_keys[order], np.concatenate(vals)[order]
@@ -359,18 +365,20 @@ class TeacherScoreStore:
         """Query SQLite for sorted keys int64 [m]: (found bool [m], values float64 [f, 2] of the found, corrupt)."""
         img, cap = keys // 2**32, keys % 2**32
         conn = self._conn
-        conn.execute("CREATE TEMP TABLE IF NOT EXISTS wanted (image_id INTEGER NOT NULL, caption_id INTEGER NOT NULL)")
-        conn.execute("BEGIN")
-        try:
-            conn.execute("DELETE FROM temp.wanted")
-            conn.executemany("INSERT INTO temp.wanted VALUES (?, ?)", zip(img.tolist(), cap.tolist(), strict=True))
-            rows = conn.execute(
-                f"SELECT s.image_id, s.caption_id, {_SELECT.format(p='s.')} FROM temp.wanted AS w JOIN scores AS s "
-                "ON s.scope_id = ? AND s.image_id = w.image_id AND s.caption_id = w.caption_id",
-                (self._scope,),
-            ).fetchall()
-        finally:
-            conn.execute("COMMIT")
+        with self._lock:
+            conn.execute("CREATE TEMP TABLE IF NOT EXISTS wanted (image_id INTEGER NOT NULL, "
+                         "caption_id INTEGER NOT NULL)")
+            conn.execute("BEGIN")
+            try:
+                conn.execute("DELETE FROM temp.wanted")
+                conn.executemany("INSERT INTO temp.wanted VALUES (?, ?)", zip(img.tolist(), cap.tolist(), strict=True))
+                rows = conn.execute(
+                    f"SELECT s.image_id, s.caption_id, {_SELECT.format(p='s.')} FROM temp.wanted AS w JOIN scores AS s "
+                    "ON s.scope_id = ? AND s.image_id = w.image_id AND s.caption_id = w.caption_id",
+                    (self._scope,),
+                ).fetchall()
+            finally:
+                conn.execute("COMMIT")
         r_img, r_cap, r_vals, ok = self._verify(rows)
         pos = np.searchsorted(keys, r_img[ok] * 2**32 + r_cap[ok])  # keys are sorted (np.unique)
         found_vals = np.full((keys.size, 2), np.nan)
@@ -458,19 +466,22 @@ class _Pending:
 
     def __init__(self, conn: sqlite3.Connection, scope: int):
         self.conn, self.scope, self.parts, self.rows = conn, scope, [], 0
+        self.lock = threading.RLock()
 
     def add(self, *columns: np.ndarray) -> None:
-        self.parts.append(columns)
-        self.rows += columns[0].size
+        with self.lock:
+            self.parts.append(columns)
+            self.rows += columns[0].size
 
     def flush(self) -> None:
-        if not self.parts:
-            return
-        img, cap, logit, prob, check = (np.concatenate(c) for c in zip(*self.parts, strict=True))
-        rows = list(zip([self.scope] * img.size, img.tolist(), cap.tolist(), logit.tolist(), prob.tolist(),
-                        check.tolist(), strict=True))  # in order: a pair written twice keeps its last values
-        _retry(lambda: _transaction(self.conn, lambda c: c.executemany(_UPSERT, rows)))
-        self.parts, self.rows = [], 0
+        with self.lock:
+            if not self.parts:
+                return
+            img, cap, logit, prob, check = (np.concatenate(c) for c in zip(*self.parts, strict=True))
+            rows = list(zip([self.scope] * img.size, img.tolist(), cap.tolist(), logit.tolist(), prob.tolist(),
+                            check.tolist(), strict=True))  # in order: a pair written twice keeps its last values
+            _retry(lambda: _transaction(self.conn, lambda c: c.executemany(_UPSERT, rows)))
+            self.parts, self.rows = [], 0
 
 
 # --- SQLite helpers ---------------------------------------------------------------------------------------------
@@ -481,7 +492,9 @@ def _connect(path: Path, timeout: float) -> sqlite3.Connection:
     if path.is_dir():
         raise ValueError(f"teacher-score store path {path} is a directory; expected an SQLite file")
     path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(str(path), timeout=timeout, isolation_level=None)
+    # check_same_thread=False: a store opened in a training thread (a notebook panel) is flushed and closed from
+    # the main thread; the store's lock keeps its transactions from interleaving.
+    conn = sqlite3.connect(str(path), timeout=timeout, isolation_level=None, check_same_thread=False)
     try:
         tables = _tables(conn, path)
         if not tables:
