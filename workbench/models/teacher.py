@@ -25,8 +25,9 @@ from workbench.models.layers import Block, TextEmbedding
 from workbench.models.stem import NUM_PATCHES, PatchStem, StemConfig
 
 SCORING_VERSION = 2
-"""Version of the pair-scoring numerics, part of the store fingerprint. 2: matmul attention, fixed-shape chunks."""
-PAIR_CHUNK = 256  # pairs per fusion call on a CPU (every call this shape: deterministic scores)
+"""Version of the pair-scoring numerics, part of the store fingerprint. 2: matmul attention, captions trimmed to
+their length, fixed-shape chunks per length."""
+PAIR_CHUNK = 128  # pairs per fusion call on a CPU (every call of one caption length has this shape: deterministic)
 PAIR_CHUNK_ACCELERATOR = 4096
 
 
@@ -161,11 +162,14 @@ class PairScorer:
 
     ``scorer(img long [P], cap long [P]) -> ITM logits float [P]``; ``scorer.probability(...)`` gives sigmoids.
 
-    Deterministic: pairs run through the fusion in chunks of exactly ``chunk`` pairs (the last one padded with
-    copies of the first pair), so every pair is computed by kernels of one shape, whatever request it came in, its
-    position there and the other pairs beside it: a pair's score is a function of the pair (bit for bit on one
-    machine and device), not of the batch that scored it. ``batch`` sets how many images / captions are encoded
-    at a time.
+    Deterministic: the pairs of a request are grouped by caption length, and each group runs through the fusion
+    in chunks of exactly ``chunk`` pairs (the last one padded with copies of the group's first pair) with the
+    captions trimmed to that length. So every pair is computed by kernels of one shape (``[chunk, its length]``),
+    whatever request it came in, its position there and the other pairs beside it: a pair's score is a function of
+    the pair (bit for bit on one machine and device), not of the batch that scored it. Trimming removes padding
+    tokens, which are masked keys: the fused [CLS] state is the same function of the pair as with them, and the
+    fusion does about a third fewer FLOPs on the built-in world. ``batch`` sets how many images / captions are
+    encoded at a time.
     """
 
     def __init__(self, teacher: CrossEncoder, images: torch.Tensor, tokens: torch.Tensor, batch: int = 2048,
@@ -175,6 +179,7 @@ class PairScorer:
         self.chunk = chunk or (PAIR_CHUNK if device.type == "cpu" else PAIR_CHUNK_ACCELERATOR)
         self._img: torch.Tensor | None = None
         self._txt: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._lengths: torch.Tensor | None = None
         self.pairs_scored = 0
 
     @torch.no_grad()
@@ -185,6 +190,7 @@ class PairScorer:
             self._img = torch.cat([self.teacher.encode_image(x.to(dev)) for x in self.images.split(self.batch)])
             parts = [self.teacher.encode_text(t.to(dev)) for t in self.tokens.split(self.batch)]
             self._txt = (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
+            self._lengths = (~self._txt[1]).sum(1)  # tokens before the padding, per caption
         return self._img, *self._txt
 
     @torch.no_grad()
@@ -194,14 +200,20 @@ class PairScorer:
         if n == 0:
             return torch.empty(0)
         img, cap = img.to(enc_img.device), cap.to(enc_img.device)
-        padded = -(-n // self.chunk) * self.chunk
-        if padded > n:  # fill the last chunk with copies of the first pair: every call has one shape
-            img = torch.cat([img, img[:1].expand(padded - n)])
-            cap = torch.cat([cap, cap[:1].expand(padded - n)])
-        chunks = zip(img.split(self.chunk), cap.split(self.chunk), strict=True)
-        out = [self.teacher.itm(enc_img[i], txt[c], pad[c]).float() for i, c in chunks]
+        lengths = self._lengths[cap]
+        out = torch.empty(n, device=enc_img.device)
+        for length in lengths.unique().tolist():
+            rows = (lengths == length).nonzero().squeeze(1)
+            i, c = img[rows], cap[rows]
+            m = len(rows)
+            padded = -(-m // self.chunk) * self.chunk
+            if padded > m:  # fill the last chunk with copies of the first pair: every call has one shape
+                i, c = torch.cat([i, i[:1].expand(padded - m)]), torch.cat([c, c[:1].expand(padded - m)])
+            chunks = zip(i.split(self.chunk), c.split(self.chunk), strict=True)
+            scores = [self.teacher.itm(enc_img[a], txt[b, :length], pad[b, :length]).float() for a, b in chunks]
+            out[rows] = torch.cat(scores)[:m]
         self.pairs_scored += n
-        return torch.cat(out)[:n].cpu()
+        return out.cpu()
 
     def probability(self, img: torch.Tensor, cap: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self(img, cap))
