@@ -165,6 +165,7 @@ def reproduce(profile_name: str, out: Path, *, teacher_dir: str | Path | None = 
     start = time.time()
     p = PROFILES[profile_name]
     ws = open_workspace(WORLD_PRESETS[p.world], teacher_dir or DEFAULT_TEACHER, out / "teacher_scores.sqlite")
+    groups = p.groups if groups is None else groups
     table = [v for v in variants(p) if groups is None or v.group in groups or v.group == "headline"]
     todo = jobs(p, out / "runs", table)
     results = _train_all(ws, p, todo, workers, log, members, progress)

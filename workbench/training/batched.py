@@ -42,6 +42,7 @@ from torch import nn
 
 from workbench.data.nearmiss import build_near_misses
 from workbench.device import autocast, pick_device
+from workbench.evaluation.embed import embed_split_rows
 from workbench.losses import loss_spec
 from workbench.scores.mining import EmbeddingQueue
 from workbench.training.batches import near_miss_columns, sample_pairs
@@ -422,20 +423,31 @@ def _rows(stack, runs, terms, named, totals) -> list[dict | None]:
 @torch.no_grad()
 def _refresh_galleries(stack: StackedStudents, runs: list[_Run], world, device, step: int) -> None:
     """Re-embed the training split for every member whose gallery pool is due, member by member with the single
-    model's arithmetic (as ``refresh_gallery``: chunks of the student's ``embed_batch``). A split is large enough
-    that batching members gains nothing on a CPU, and this way the gallery is the one the run alone would mine."""
-    split = world.train
+    model's arithmetic and ``refresh_gallery``'s code (:func:`embed_split_rows`). A split is large enough that
+    batching members gains nothing on a CPU, and this way the gallery is the one the run alone would mine."""
     stack.template.eval()
     for i, run in enumerate(runs):
         if run.stopped is None and _gallery_due(run.cfg, _Due(step, run.gallery)):
-            batch = getattr(run.member.student, "embed_batch", 1024)
-            with autocast(device, run.cfg.amp):
-                img = torch.cat([stack.call_one(i, "encode_images", split, idx, device).float()
-                                 for idx in torch.arange(split.num_images).split(batch)])
-                txt = torch.cat([stack.call_one(i, "encode_texts", split, idx, device).float()
-                                 for idx in torch.arange(split.num_captions).split(batch)])
+            img, txt = embed_split_rows(_Member(stack, i), world.train, device, amp=run.cfg.amp)
             run.gallery = {"i2t": txt, "t2i": img}
     stack.template.train()
+
+
+class _Member:
+    """Member ``i`` of a stack seen as a student (its methods run with its weights alone)."""
+
+    def __init__(self, stack: StackedStudents, i: int):
+        self.stack, self.i = stack, i
+        student = stack.template.student
+        self.embed_dim = student.embed_dim
+        self.embed_batch = getattr(student, "embed_batch", 1024)
+        self.embed_order = getattr(student, "embed_order", None)
+
+    def encode_images(self, split, idx, device):
+        return self.stack.call_one(self.i, "encode_images", split, idx, device)
+
+    def encode_texts(self, split, idx, device):
+        return self.stack.call_one(self.i, "encode_texts", split, idx, device)
 
 
 @dataclass
