@@ -4,9 +4,18 @@
     from workbench.experiments import open_workspace, train_run
     ws = open_workspace()
     metrics = train_run(ws, profile("quick"), "runs/itc")
+    several = train_runs_batched(ws, [RunSpec(profile("quick", seed=s), f"runs/itc{s}") for s in range(3)])
 """
 
-from workbench.experiments.runs import fill_store, load_run, mined_pairs, train_run, train_teacher_run
+from workbench.experiments.runs import (
+    RunSpec,
+    fill_store,
+    load_run,
+    mined_pairs,
+    train_run,
+    train_runs_batched,
+    train_teacher_run,
+)
 from workbench.experiments.workspace import (
     DEFAULT_TEACHER,
     WORLD_PRESETS,
@@ -24,6 +33,7 @@ __all__ = [
     "WORLD_PRESETS",
     "BuiltinWorkspace",
     "KarpathyWorkspace",
+    "RunSpec",
     "Workspace",
     "fill_store",
     "load_run",
@@ -32,6 +42,7 @@ __all__ = [
     "open_workspace",
     "recorded_data",
     "train_run",
+    "train_runs_batched",
     "train_teacher_run",
     "workspace_from_record",
 ]

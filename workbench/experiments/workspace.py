@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -217,6 +218,7 @@ class BuiltinWorkspace(Workspace):
     stem: PatchStem
     store_path: Path | None = None
     teacher_dir: Path | None = None
+    dense_teacher: bool | None = None  # None: $WORKBENCH_DENSE_TEACHER (1 / 0 / auto); auto = teacher on a GPU
     _eval_sets: dict[str, Any] = field(default_factory=dict, repr=False)
     _scores: dict[str, TeacherScores] = field(default_factory=dict, repr=False)
 
@@ -247,6 +249,29 @@ class BuiltinWorkspace(Workspace):
         from workbench.models.controlled import ControlledConfig, ControlledTeacher
 
         return ControlledTeacher(self.world.train, ControlledConfig(**settings)).scores
+
+    def uses_dense_teacher(self, split: str = "train") -> bool:
+        """Whether :meth:`teacher_scores` of the training split is the dense grid (:class:`DenseTeacherScores`):
+        ``dense_teacher`` if set, else ``$WORKBENCH_DENSE_TEACHER`` (``1`` / ``0`` / ``auto``), where auto = the
+        teacher runs on a GPU (there the grid is scored in about a minute; on a CPU it would take hours)."""
+        if split != "train" or self.teacher_model is None:
+            return False
+        choice = self.dense_teacher
+        if choice is None:
+            env = os.environ.get("WORKBENCH_DENSE_TEACHER", "auto").strip().lower()
+            check_choice("WORKBENCH_DENSE_TEACHER", env, ["1", "0", "auto", "true", "false"])
+            choice = None if env == "auto" else env in ("1", "true")
+        if choice is None:
+            choice = next(self.teacher_model.parameters()).device.type == "cuda"
+        return bool(choice)
+
+    def teacher_scores(self, split: str = "train"):
+        """The teacher's scores on a split: the dense grid on the device (:meth:`uses_dense_teacher`) or the store."""
+        if self.uses_dense_teacher(split) and split not in self._scores:
+            from workbench.scores.dense import DenseTeacherScores
+
+            self._scores[split] = DenseTeacherScores(self.teacher, self.split(split))
+        return super().teacher_scores(split)
 
     def eval_sets(self, split: str) -> tuple[MinimalPairs, tuple[torch.Tensor, torch.Tensor]]:
         """(minimal pairs, graded pairs) of a split, built once."""
@@ -282,10 +307,13 @@ class BuiltinWorkspace(Workspace):
 
 
 def open_workspace(world_cfg: WorldConfig | None = None, teacher_dir: str | Path | None = DEFAULT_TEACHER,
-                   store_path: str | Path | None = None, device: str = "auto") -> BuiltinWorkspace:
+                   store_path: str | Path | None = None, device: str = "auto",
+                   dense_teacher: bool | None = None) -> BuiltinWorkspace:
     """Build the world and load the teacher (its stem is shared with students); no teacher -> pretrain a stem.
 
     The teacher goes to ``device`` (CUDA when available for ``"auto"``); students move there when they train.
+    ``dense_teacher``: score the whole training split once on the device and look scores up (default: on a GPU;
+    see :meth:`BuiltinWorkspace.uses_dense_teacher`).
     """
     world = build_world(world_cfg or WorldConfig())
     teacher = None
@@ -297,7 +325,7 @@ def open_workspace(world_cfg: WorldConfig | None = None, teacher_dir: str | Path
         teacher = load_teacher(teacher_dir).to(pick_device(device))
     stem = teacher.stem if teacher is not None else pretrain_stem(world.train)
     return BuiltinWorkspace(world, teacher, stem, Path(store_path) if store_path else None,
-                            Path(teacher_dir) if teacher_dir else None)
+                            Path(teacher_dir) if teacher_dir else None, dense_teacher)
 
 
 # ------------------------------------------------------------------------------------------- Karpathy real data
