@@ -217,7 +217,7 @@ def _is_main() -> bool:
 
 def _workspace(args, recorded: dict | None = None, device: str = "auto"):
     """The workspace the command line names, falling back on a run's recorded data settings (``recorded``)."""
-    from workbench.experiments.workspace import workspace_from_record
+    from workbench.experiments.records import workspace_from_record
 
     dataset = getattr(args, "dataset", None)
     builtin = dataset == "builtin" or (dataset is None and (recorded or {}).get("kind", "builtin") == "builtin")
@@ -331,7 +331,7 @@ def _run_folders(checkpoint: str) -> tuple[Path, Path, dict]:
 
 
 def cmd_eval(args) -> int:
-    from workbench.experiments.workspace import recorded_data
+    from workbench.experiments.records import recorded_data
     from workbench.training.checkpoint import checkpoint_identity, load_student
 
     run, ckpt, config = _run_folders(args.checkpoint)
@@ -370,8 +370,8 @@ def _check_output_file(path: Path, overwrite: bool) -> None:
 
 
 def cmd_teacher_scores(args) -> int:
+    from workbench.experiments.records import recorded_data
     from workbench.experiments.runs import fill_store
-    from workbench.experiments.workspace import recorded_data
     from workbench.training.checkpoint import load_student
 
     config = _run_folders(args.checkpoint)[2] if args.checkpoint else {}

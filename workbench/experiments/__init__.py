@@ -7,6 +7,8 @@
     several = train_runs_batched(ws, [RunSpec(profile("quick", seed=s), f"runs/itc{s}") for s in range(3)])
 """
 
+from workbench.experiments.karpathy import KarpathyWorkspace, open_karpathy_workspace
+from workbench.experiments.records import recorded_data, workspace_from_record
 from workbench.experiments.runs import (
     RunSpec,
     fill_store,
@@ -16,17 +18,7 @@ from workbench.experiments.runs import (
     train_runs_batched,
     train_teacher_run,
 )
-from workbench.experiments.workspace import (
-    DEFAULT_TEACHER,
-    WORLD_PRESETS,
-    BuiltinWorkspace,
-    KarpathyWorkspace,
-    Workspace,
-    open_karpathy_workspace,
-    open_workspace,
-    recorded_data,
-    workspace_from_record,
-)
+from workbench.experiments.workspace import DEFAULT_TEACHER, WORLD_PRESETS, BuiltinWorkspace, Workspace, open_workspace
 
 __all__ = [
     "DEFAULT_TEACHER",

@@ -64,7 +64,7 @@ _PROGRESS = None  # a queue of finished member-steps back to the main process (w
 def _init_worker(data: dict, threads: int, progress=None, dense: bool | None = None) -> None:
     import torch
 
-    from workbench.experiments.workspace import workspace_from_record
+    from workbench.experiments.records import workspace_from_record
 
     torch.set_num_threads(threads)
     global _WORKSPACE, _PROGRESS

@@ -38,8 +38,8 @@ from workbench.scores.mining import mine_hard_negatives, relation_exclude
 from workbench.scores.similarity import topk_similarity
 from workbench.scores.store import StoreStats
 from workbench.scores.teacher_scores import TeacherScores
-from workbench.training.checkpoint import checkpoint_exists
 from workbench.training.batched import Member, fit_batched
+from workbench.training.checkpoint import checkpoint_exists
 from workbench.training.config import FitConfig
 from workbench.training.loop import fit, needs_teacher
 from workbench.training.stem import pretrain_stem, stem_accuracy

@@ -64,7 +64,7 @@ from workbench.training.loop import (
     sides,
 )
 from workbench.training.slates import distill_slate, teacher_output, teacher_pairs, with_teacher
-from workbench.training.stacked import StackedStudents
+from workbench.training.stacked import MemberView, StackedStudents, member_optimizer_state
 
 GROUP_FIELDS = ("steps", "batch", "lr", "warmup", "weight_decay", "device", "amp")
 """FitConfig fields every member of one batched run shares (one optimiser and schedule, one stacked batch)."""
@@ -430,26 +430,9 @@ def _refresh_galleries(stack: StackedStudents, runs: list[_Run], world, device, 
     stack.template.eval()
     for i, run in enumerate(runs):
         if run.stopped is None and _gallery_due(run.cfg, _Due(step, run.gallery)):
-            img, txt = embed_split_rows(_Member(stack, i), world.train, device, amp=run.cfg.amp)
+            img, txt = embed_split_rows(MemberView(stack, i), world.train, device, amp=run.cfg.amp)
             run.gallery = {"i2t": txt, "t2i": img}
     stack.template.train()
-
-
-class _Member:
-    """Member ``i`` of a stack seen as a student (its methods run with its weights alone)."""
-
-    def __init__(self, stack: StackedStudents, i: int):
-        self.stack, self.i = stack, i
-        student = stack.template.student
-        self.embed_dim = student.embed_dim
-        self.embed_batch = getattr(student, "embed_batch", 1024)
-        self.embed_order = getattr(student, "embed_order", None)
-
-    def encode_images(self, split, idx, device):
-        return self.stack.call_one(self.i, "encode_images", split, idx, device)
-
-    def encode_texts(self, split, idx, device):
-        return self.stack.call_one(self.i, "encode_texts", split, idx, device)
 
 
 @dataclass
@@ -481,14 +464,7 @@ def _export(stack: StackedStudents, opt, sched, i: int, run: _Run, step: int) ->
     student = run.member.student
     cfg = run.cfg
     own_opt, own_sched = make_optimizer(student.parameters(), cfg.lr, cfg.steps, cfg.warmup, cfg.weight_decay)
-    state = opt.state_dict()
-    sliced = {}
-    for j in range(len(stack.trainable)):
-        entry = state["state"].get(j)
-        if entry is not None:
-            sliced[j] = {k: (v[i].clone() if k != "step" and v.dim() > 0 else v.clone()) for k, v in entry.items()}
-    group = {k: v for k, v in state["param_groups"][0].items() if k != "params"}
-    own_opt.load_state_dict({"state": sliced, "param_groups": [group | {"params": list(range(len(stack.trainable)))}]})
+    own_opt.load_state_dict(member_optimizer_state(opt.state_dict(), i, len(stack.trainable)))
     own_sched.load_state_dict(sched.state_dict())
     return TrainState(student, own_opt, own_sched, run.generator, step=step, history=run.history, queues=run.queues,
                       gallery=run.gallery)

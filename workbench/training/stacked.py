@@ -80,3 +80,32 @@ class StackedStudents:
         for work that is large enough per member, such as embedding a whole split)."""
         params = {k: v[i] for k, v in self.params.items()}
         return functional_call(self.template, {**params, **self.shared}, (method, *args))
+
+
+class MemberView:
+    """Member ``i`` of a stack seen as a student (its methods run with its weights alone)."""
+
+    def __init__(self, stack: StackedStudents, i: int):
+        self.stack, self.i = stack, i
+        student = stack.template.student
+        self.embed_dim = student.embed_dim
+        self.embed_batch = getattr(student, "embed_batch", 1024)
+        self.embed_order = getattr(student, "embed_order", None)
+
+    def encode_images(self, split, idx, device):
+        return self.stack.call_one(self.i, "encode_images", split, idx, device)
+
+    def encode_texts(self, split, idx, device):
+        return self.stack.call_one(self.i, "encode_texts", split, idx, device)
+
+
+def member_optimizer_state(state: dict, i: int, n_params: int) -> dict:
+    """Member ``i``'s slice of a stacked optimiser's ``state_dict`` (every per-parameter tensor ``[M, ...]`` ->
+    ``[...]``; scalar step counters kept), loadable into an optimiser over that member's ``n_params`` parameters."""
+    sliced = {}
+    for j in range(n_params):
+        entry = state["state"].get(j)
+        if entry is not None:
+            sliced[j] = {k: (v[i].clone() if k != "step" and v.dim() > 0 else v.clone()) for k, v in entry.items()}
+    group = {k: v for k, v in state["param_groups"][0].items() if k != "params"}
+    return {"state": sliced, "param_groups": [group | {"params": list(range(n_params))}]}
