@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 OUT    ?= runs/demo
-PROFILE ?= quick
+PROFILE ?= demo
 
 .PHONY: demo test lint lab notebooks venv clean figures screenshot
 

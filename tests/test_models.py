@@ -259,3 +259,69 @@ def test_committed_teacher_loads_and_separates_true_from_false_captions(tiny_wor
     assert torch.isfinite(own).all()
     assert (own > other)[~truth].float().mean() > 0.8  # a trained teacher, not random weights
     assert tokenize(["a red square"]).shape[1] == s.tokens.shape[1]
+
+
+@pytest.mark.parametrize("cross", [False, True])
+def test_attention_is_multihead_attention_and_runs_under_vmap(cross):
+    """The matmul attention of Block keeps nn.MultiheadAttention's parameters, initial values (same seed) and math,
+    so checkpoints load unchanged; unlike it, it runs under torch.func.vmap over stacked weights."""
+    from torch import nn
+    from torch.func import functional_call, stack_module_state, vmap
+
+    from workbench.models.layers import Attention, Block
+
+    torch.manual_seed(5)
+    reference = nn.MultiheadAttention(32, 4, batch_first=True)
+    torch.manual_seed(5)
+    ours = Attention(32, 4)
+    assert list(ours.state_dict()) == list(reference.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(ours.state_dict().values(), reference.state_dict().values(),
+                                                  strict=True))
+    x, ctx = torch.randn(6, 7, 32), torch.randn(6, 9, 32)
+    pad = torch.zeros(6, 9 if cross else 7, dtype=torch.bool)
+    pad[:, 5:] = True
+    keys = ctx if cross else x
+    with torch.no_grad():
+        for mode in (True, False):
+            reference.train(mode), ours.train(mode)
+            want = reference(x, keys, keys, key_padding_mask=pad, need_weights=False)[0]
+            got = ours(x, ctx if cross else None, pad=pad)
+            assert torch.allclose(got, want, atol=2e-6), (got - want).abs().max()
+
+    blocks = [Block(32, 4, 48, cross=cross) for _ in range(3)]
+    params, buffers = stack_module_state(blocks)
+    context = ctx if cross else None
+
+    def one(p, b, inp):
+        return functional_call(blocks[0], {**p, **b}, (inp,), {"pad": pad[:, :7], "context": context})
+
+    stacked = vmap(one, in_dims=(0, 0, None))(params, buffers, x)
+    with torch.no_grad():
+        for i, block in enumerate(blocks):
+            assert torch.allclose(stacked[i], block(x, pad=pad[:, :7], context=context), atol=1e-5)
+
+
+def test_a_pairs_teacher_score_does_not_depend_on_the_batch_that_scored_it(tiny_world):
+    """Bit for bit: the same pairs scored in another order, other groupings, one at a time, or with another thread
+    count give the same scores (fixed-shape fusion chunks), so a store holds one value per pair whoever wrote it."""
+    torch.manual_seed(0)
+    teacher = CrossEncoder(small_teacher_config("cross")).eval()
+    split = tiny_world.train
+    scorer = teacher.pair_scorer(split, chunk=64)
+    gen = torch.Generator().manual_seed(1)
+    img = torch.randint(split.num_images, (300,), generator=gen)
+    cap = torch.randint(split.num_captions, (300,), generator=gen)
+    want = scorer(img, cap)
+    perm = torch.randperm(300, generator=gen)
+    assert torch.equal(scorer(img[perm], cap[perm]), want[perm])
+    cuts = [0, 1, 7, 64, 65, 190, 300]
+    parts = [scorer(img[a:b], cap[a:b]) for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
+    assert torch.equal(torch.cat(parts), want)
+    assert torch.equal(torch.cat([scorer(img[i : i + 1], cap[i : i + 1]) for i in range(20)]), want[:20])
+    assert torch.equal(teacher.pair_scorer(split, chunk=64)(img, cap), want)  # a fresh scorer (new encodings)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert torch.equal(scorer(img, cap), want)
+    finally:
+        torch.set_num_threads(threads)

@@ -54,3 +54,12 @@ def test_reproduce_smoke_end_to_end(tmp_path, monkeypatch):
 
     again = reproduce("tiny", out, groups=("headline", "negatives", "validity"), workers=2, log=lambda *_: None)
     assert again["retrieval"] == findings["retrieval"]  # finished runs are reused, not retrained
+
+
+def test_the_cli_offers_every_reproduce_profile():
+    from workbench.cli import REPRODUCE_PROFILES
+    from workbench.experiments.plan import PROFILES
+
+    assert list(PROFILES) == REPRODUCE_PROFILES
+    demo = PROFILES["demo"]
+    assert demo.groups == ("headline",) and demo.seeds == 3  # make demo: the headline table, 3 seeds

@@ -365,3 +365,58 @@ def test_cache_loads_in_chunks_with_the_same_values_and_corrupt_rows(tmp_path: P
         assert found.tolist() == [i not in (2, 7) for i in range(11)] and store.stats.corrupt == 2
         assert torch.equal(logits[found], _true_scores(*pairs)[0].float()[found])
         assert store._keys.size == 9 and (np.diff(store._keys) > 0).all()
+
+
+# --- batched writes -------------------------------------------------------------------------------------------
+
+
+def _compute_and_exit(path: str) -> None:
+    store = TeacherScoreStore(path, "fp", "ns")
+    store.get_or_compute(torch.arange(6), torch.arange(6), _true_scores, batch_size=4)
+    assert store.pending == 6  # not yet in SQLite; the process ends without close(): its finalizer writes them
+
+
+def test_computed_rows_are_written_in_batches(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    store = TeacherScoreStore(path, "fp", "ns", write_every=10)
+    other = TeacherScoreStore(path, "fp", "ns", cache=False)
+    teacher = _Teacher2()
+    store.get_or_compute(torch.arange(6), torch.arange(6), teacher, batch_size=4)  # 2 teacher calls, 6 rows
+    assert store.pending == 6 and not other.lookup(torch.arange(6), torch.arange(6))[0].any()
+    found, logits, _ = store.lookup(torch.arange(6), torch.arange(6))  # served from the cache meanwhile
+    assert found.all() and torch.equal(logits, _true_scores(torch.arange(6), torch.arange(6))[0].float())
+    store.get_or_compute(torch.arange(6, 12), torch.arange(6, 12), teacher, batch_size=4)  # 6 + 4 >= 10: written
+    assert store.pending == 2 and other.lookup(torch.arange(12), torch.arange(12))[0].tolist() == [True] * 10 + [
+        False] * 2
+    store.get_or_compute(torch.tensor([50]), torch.tensor([50]), teacher)
+    assert store.pending == 3 and len(store) == 13 and store.pending == 0  # len() counts what is stored: flushes
+    store.get_or_compute(torch.tensor([51]), torch.tensor([51]), teacher)
+    store.close()
+    assert other.lookup(torch.tensor([51]), torch.tensor([51]))[0].all() and teacher.batches == [4, 2, 4, 2, 1, 1]
+
+    proc = mp.get_context("spawn").Process(target=_compute_and_exit, args=(str(tmp_path / "exit.sqlite"),))
+    proc.start()
+    proc.join(60)
+    assert proc.exitcode == 0
+    with TeacherScoreStore(tmp_path / "exit.sqlite", "fp", "ns") as reopened:
+        assert reopened.lookup(torch.arange(6), torch.arange(6))[0].all()
+
+
+def test_a_store_opened_in_a_thread_is_flushed_and_closed_from_another(tmp_path: Path) -> None:
+    """A notebook panel trains (and opens the store) in a background thread; the main thread flushes and closes."""
+    import threading
+
+    box = {}
+
+    def train() -> None:
+        box["store"] = TeacherScoreStore(tmp_path / "s.sqlite", "fp", "ns")
+        box["store"].get_or_compute(torch.arange(4), torch.arange(4), _true_scores)
+
+    worker = threading.Thread(target=train)
+    worker.start()
+    worker.join()
+    store = box["store"]
+    assert store.pending == 4
+    store.close()
+    with TeacherScoreStore(tmp_path / "s.sqlite", "fp", "ns") as reopened:
+        assert reopened.lookup(torch.arange(4), torch.arange(4))[0].all()

@@ -126,3 +126,27 @@ def test_trainer_optimises_only_loss_entries_and_logs_every_named_entry(ws):
         assert row["with_diagnostic_loss"] == pytest.approx(0.5 * row["with_diagnostic.distill_loss"], rel=1e-5)
         assert row["loss"] == pytest.approx(row["itc_loss"] + row["with_diagnostic_loss"], rel=1e-5)
         assert row["itc_loss"] == pytest.approx(row["itc.itc_loss"], rel=1e-6)
+
+
+def test_cold_and_warm_store_give_bit_identical_runs(tmp_path):
+    """Deterministic teacher scores: the same CPRD config and seed trained against a cold store, then against the
+    warm one, then against a store another workspace filled in other groupings (a prefill), gives the same history
+    and bit-identical test metrics."""
+    from workbench.experiments import fill_store, train_run
+
+    cfg = profile("smoke", steps=12, eval_every=6, pool="gallery", refresh_every=5, positives="coco",
+                  losses=(LossTerm("itc"), LossTerm("cprd", 1.0, {"validity": "top", "m": 2})))
+    cold_ws = open_workspace(WORLD_PRESETS["smoke"], store_path=tmp_path / "a.sqlite")
+    cold = train_run(cold_ws, cfg, tmp_path / "cold", rerank=False)
+    assert cold["teacher_store"]["computed_pairs"] > 0
+    warm = train_run(cold_ws, cfg, tmp_path / "warm", rerank=False)
+    assert warm["teacher_store"]["computed_pairs"] == 0
+    other_ws = open_workspace(WORLD_PRESETS["smoke"], store_path=tmp_path / "b.sqlite")
+    torch.manual_seed(3)
+    fill_store(other_ws, other_ws.new_student(), "train", top=4)  # other pairs, other batches
+    prefilled = train_run(other_ws, cfg, tmp_path / "prefilled", rerank=False)
+    assert prefilled["teacher_store"]["hits"] > 0
+    for run in (warm, prefilled):
+        assert run["retrieval"] == cold["retrieval"] and run["minimal_pairs"] == cold["minimal_pairs"]
+    histories = [json.loads((tmp_path / name / "history.json").read_text()) for name in ("cold", "warm", "prefilled")]
+    assert histories[0] == histories[1] == histories[2]

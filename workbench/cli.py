@@ -6,7 +6,7 @@
     python -m workbench eval --checkpoint DIR          # re-evaluate a student run (test split) -> DIR/eval_test.json
     python -m workbench teacher-scores --split train --top 16 --checkpoint DIR   # prefill the score store
     python -m workbench reproduce --profile quick --out runs/reproduce           # the three findings, a report
-    python -m workbench demo --profile quick --out runs/demo                     # what `make demo` runs
+    python -m workbench demo --out runs/demo                                     # what `make demo` runs
 
 Real data (BLIP ITM teacher, CLIP or BLIP-ITC student, Karpathy splits; see docs/real_data.md):
 
@@ -30,6 +30,8 @@ from dataclasses import fields
 from pathlib import Path
 
 from workbench.io import CheckpointError
+
+REPRODUCE_PROFILES = ["smoke", "quick", "full", "demo"]  # workbench.experiments.plan.PROFILES (a test keeps them equal)
 
 DEFAULT_STORE = "runs/teacher_scores.sqlite"
 
@@ -146,17 +148,23 @@ def build_parser() -> argparse.ArgumentParser:
     ts.add_argument("--device", default="auto", help="auto | cpu | cuda")
 
     rep = sub.add_parser("reproduce", help="the paper's three findings: trainings, analyses, report.md, findings.json")
-    rep.add_argument("--profile", default="quick", choices=["smoke", "quick", "full"])
+    rep.add_argument("--profile", default="quick", choices=REPRODUCE_PROFILES,
+                     help="smoke | quick (every group, 200 steps) | full (1,500 steps) | demo (the headline at 600 "
+                          "steps, 3 seeds, and the Finding 1 figures)")
     rep.add_argument("--out", default="runs/reproduce")
     rep.add_argument("--teacher", default=None, help="teacher folder (default: the committed one)")
     rep.add_argument("--workers", type=int, default=None, help="parallel training processes (default: profile's)")
     rep.add_argument("--groups", default=None, help="comma-separated experiment groups (default: the profile's)")
+    rep.add_argument("--members", type=int, default=None,
+                     help="runs trained as one batched model per worker (default: 32 on a GPU, 1 on a CPU)")
 
     demo = sub.add_parser("demo", help="what `make demo` runs: `reproduce` on the built-in world (report, figures)")
-    demo.add_argument("--profile", default="quick", choices=["smoke", "quick", "full"])
+    demo.add_argument("--profile", default="demo", choices=REPRODUCE_PROFILES)
     demo.add_argument("--out", default="runs/demo")
     demo.add_argument("--workers", type=int, default=None, help="parallel training processes (default: profile's)")
     demo.add_argument("--teacher", default=None, help="teacher folder (default: the committed one)")
+    demo.add_argument("--members", type=int, default=None,
+                      help="runs trained as one batched model per worker (default: 32 on a GPU, 1 on a CPU)")
     return parser
 
 
@@ -213,7 +221,7 @@ def _is_main() -> bool:
 
 def _workspace(args, recorded: dict | None = None, device: str = "auto"):
     """The workspace the command line names, falling back on a run's recorded data settings (``recorded``)."""
-    from workbench.experiments.workspace import workspace_from_record
+    from workbench.experiments.records import workspace_from_record
 
     dataset = getattr(args, "dataset", None)
     builtin = dataset == "builtin" or (dataset is None and (recorded or {}).get("kind", "builtin") == "builtin")
@@ -327,7 +335,7 @@ def _run_folders(checkpoint: str) -> tuple[Path, Path, dict]:
 
 
 def cmd_eval(args) -> int:
-    from workbench.experiments.workspace import recorded_data
+    from workbench.experiments.records import recorded_data
     from workbench.training.checkpoint import checkpoint_identity, load_student
 
     run, ckpt, config = _run_folders(args.checkpoint)
@@ -366,8 +374,8 @@ def _check_output_file(path: Path, overwrite: bool) -> None:
 
 
 def cmd_teacher_scores(args) -> int:
+    from workbench.experiments.records import recorded_data
     from workbench.experiments.runs import fill_store
-    from workbench.experiments.workspace import recorded_data
     from workbench.training.checkpoint import load_student
 
     config = _run_folders(args.checkpoint)[2] if args.checkpoint else {}
@@ -393,7 +401,8 @@ def cmd_reproduce(args) -> int:
     for g in groups or ():
         check_choice("--groups entry", g, ALL_GROUPS)
     _check_workers(args.workers)
-    reproduce(args.profile, Path(args.out), teacher_dir=args.teacher, workers=args.workers, groups=groups)
+    reproduce(args.profile, Path(args.out), teacher_dir=args.teacher, workers=args.workers, groups=groups,
+              members=args.members, progress=True)
     return 0
 
 
@@ -401,7 +410,8 @@ def cmd_demo(args) -> int:
     from workbench.experiments.reproduce import reproduce
 
     _check_workers(args.workers)
-    reproduce(args.profile, Path(args.out), teacher_dir=args.teacher, workers=args.workers)
+    reproduce(args.profile, Path(args.out), teacher_dir=args.teacher, workers=args.workers, members=args.members,
+              progress=True)
     print(f"report: {Path(args.out) / 'report.md'}   figures: {Path(args.out) / 'figures'} "
           "(`make figures` copies them to the README's figures/)")
     return 0

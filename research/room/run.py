@@ -21,12 +21,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from research.room.common import false_negative_rate, get_stem, get_world, world_config  # noqa: E402
+from workbench.data.perturbations import minimal_pairs  # noqa: E402
 from workbench.evaluation.embed import embed_split
-from workbench.evaluation.evaluate import evaluate_student  # noqa: E402
+from workbench.evaluation.evaluate import (
+    evaluate_student,  # noqa: E402
+    student_scorer,  # noqa: E402
+)
 from workbench.evaluation.minimal_pairs import minimal_pair_accuracy  # noqa: E402
 from workbench.evaluation.retrieval import retrieval_metrics  # noqa: E402
-from workbench.evaluation.evaluate import student_scorer  # noqa: E402
-from workbench.data.perturbations import minimal_pairs  # noqa: E402
 from workbench.models.student import DualEncoder, student_preset  # noqa: E402
 from workbench.training.config import FitConfig  # noqa: E402
 from workbench.training.loop import fit  # noqa: E402

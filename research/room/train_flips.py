@@ -8,9 +8,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from research.room.common import get_world  # noqa: E402
 from research.room.probe_student import load  # noqa: E402
+from workbench.data.perturbations import minimal_pairs  # noqa: E402
 from workbench.evaluation.evaluate import student_scorer  # noqa: E402
 from workbench.evaluation.minimal_pairs import minimal_pair_accuracy  # noqa: E402
-from workbench.data.perturbations import minimal_pairs  # noqa: E402
 
 torch.set_num_threads(1)
 for run in sys.argv[1:]:

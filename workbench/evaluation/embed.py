@@ -26,21 +26,34 @@ def embed_split_rows(student, split, device: torch.device, *, dist: Dist | None 
     batch = batch or getattr(student, "embed_batch", 1024)
     with autocast(device, amp):
         img = _embed_rows(student, student.encode_images, split, split.num_images, device, dist, batch,
-                          progress and "student images")
+                          progress and "student images", _order(student, split, "images"))
         txt = _embed_rows(student, student.encode_texts, split, split.num_captions, device, dist, batch,
-                          progress and "student captions")
+                          progress and "student captions", _order(student, split, "texts"))
     return img, txt
 
 
-def _embed_rows(student, encode, split, n, device, dist, batch, progress: str | bool) -> torch.Tensor:
+def _order(student, split, kind: str) -> torch.Tensor | None:
+    """The student's preferred embedding order of a split's rows (``embed_order``), if it has one."""
+    order = getattr(student, "embed_order", None)
+    return order(split, kind) if order is not None else None
+
+
+def _embed_rows(student, encode, split, n, device, dist, batch, progress: str | bool,
+                order: torch.Tensor | None = None) -> torch.Tensor:
+    """Rows ``0..n-1`` embedded in chunks of ``batch``, visited in ``order`` (a permutation; default: as they are)
+    and returned in row order."""
+    if order is not None and dist.enabled:
+        order = None  # ranks embed contiguous shards that are gathered in row order
     rows = dist.shard(n)
-    chunks = torch.arange(rows.start, rows.stop).split(batch)
+    chunks = (order if order is not None else torch.arange(rows.start, rows.stop)).split(batch)
     if progress:
         from tqdm.auto import tqdm
 
         chunks = tqdm(chunks, desc=progress, disable=not dist.is_main)
     parts = [encode(split, idx, device).float() for idx in chunks]
     local = torch.cat(parts) if parts else torch.empty(0, student.embed_dim, device=device)
+    if order is not None:
+        local = torch.empty_like(local).index_copy_(0, order.to(local.device), local)
     return dist.gather_rows(local)
 
 

@@ -4,22 +4,29 @@
     from workbench.experiments import open_workspace, train_run
     ws = open_workspace()
     metrics = train_run(ws, profile("quick"), "runs/itc")
+    several = train_runs_batched(ws, [RunSpec(profile("quick", seed=s), f"runs/itc{s}") for s in range(3)])
 """
 
-from workbench.experiments.runs import fill_store, load_run, mined_pairs, train_run, train_teacher_run
+from workbench.experiments.karpathy import KarpathyWorkspace, open_karpathy_workspace
+from workbench.experiments.records import recorded_data, workspace_from_record
+from workbench.experiments.runs import (
+    RunSpec,
+    fill_store,
+    load_run,
+    mined_pairs,
+    train_run,
+    train_runs_batched,
+    train_teacher_run,
+)
 from workbench.experiments.workspace import (
     DEFAULT_TEACHER,
     DEFAULT_WORLD,
     WORLD_PRESETS,
     WORLD_TEACHERS,
     BuiltinWorkspace,
-    KarpathyWorkspace,
     Workspace,
-    open_karpathy_workspace,
     open_workspace,
-    recorded_data,
     teacher_for_world,
-    workspace_from_record,
     world_name,
 )
 
@@ -30,6 +37,7 @@ __all__ = [
     "WORLD_TEACHERS",
     "BuiltinWorkspace",
     "KarpathyWorkspace",
+    "RunSpec",
     "Workspace",
     "fill_store",
     "load_run",
@@ -39,6 +47,7 @@ __all__ = [
     "recorded_data",
     "train_run",
     "teacher_for_world",
+    "train_runs_batched",
     "train_teacher_run",
     "workspace_from_record",
     "world_name",

@@ -156,14 +156,20 @@ def validity_analysis(slates: dict[str, EvalSlates], runs: Runs) -> dict:
 
 
 def reproduce(profile_name: str, out: Path, *, teacher_dir: str | Path | None = None, workers: int | None = None,
-              groups: tuple[str, ...] | None = None, log=print) -> dict[str, Any]:
-    """Run the plan and the analyses; write ``out/report.md``, ``out/findings.json`` and the figures."""
+              groups: tuple[str, ...] | None = None, log=print, members: int | None = None,
+              progress: bool = False) -> dict[str, Any]:
+    """Run the plan and the analyses; write ``out/report.md``, ``out/findings.json`` and the figures.
+
+    ``members``: runs trained together as one batched model per worker (default: 32 on a GPU, 1 on a CPU; see
+    :func:`~workbench.experiments.parallel.run_jobs`); ``progress``: a progress bar over every run's steps.
+    """
     start = time.time()
     p = PROFILES[profile_name]
     ws = open_workspace(WORLD_PRESETS[p.world], teacher_dir or "auto", out / "teacher_scores.sqlite")
+    groups = p.groups if groups is None else groups
     table = [v for v in variants(p) if groups is None or v.group in groups or v.group == "headline"]
     todo = jobs(p, out / "runs", table)
-    results = _train_all(ws, p, todo, workers, log)
+    results = _train_all(ws, p, todo, workers, log, members, progress)
     runs = by_variant(todo, results)
     histories = {v.name: [read_json(j.out_dir / "history.json") for j in todo if j.variant == v.name]
                  for v in _in_group(table, "headline") if v.probe}
@@ -194,16 +200,17 @@ def reproduce(profile_name: str, out: Path, *, teacher_dir: str | Path | None = 
 
 
 def _train_all(ws: BuiltinWorkspace, p: ReproduceProfile, todo: list[Job], workers: int | None,
-               log) -> dict[Path, dict]:
-    """Train the first ITC run, prefill the store from it, then every other run in parallel workers."""
+               log, members: int | None = None, progress: bool = False) -> dict[Path, dict]:
+    """Train the first ITC run, prefill the store from it (not needed with the dense teacher), then every other run
+    in parallel workers (several runs per worker as one batched model on a GPU)."""
     itc_job = next(j for j in todo if j.variant == "itc" and j.seed == 0)
-    results = run_jobs(ws, [itc_job], 1, log=log)
-    if p.prefill:
+    results = run_jobs(ws, [itc_job], 1, log=log, members=1, progress=progress)
+    if p.prefill and not ws.uses_dense_teacher("train"):
         fill_store(ws, load_student(itc_job.out_dir / "checkpoint"), "train", p.prefill,
                    positives=BASE["positives"], announce=log)
     ws.close()  # the workers open their own stores; this process only waits for them until the analyses
     release_host_memory()
-    return results | run_jobs(ws, todo, workers or p.workers, log=log)
+    return results | run_jobs(ws, todo, workers or p.workers, log=log, members=members, progress=progress)
 
 
 def _rerank(runs: Runs, protocol: str) -> dict:

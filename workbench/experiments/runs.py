@@ -2,6 +2,7 @@
 
     ws = open_workspace()                                         # or open_karpathy_workspace(...)
     metrics = train_run(ws, cfg, "runs/cprd")                     # cfg: a FitConfig
+    all_metrics = train_runs_batched(ws, [RunSpec(cfg_a, "runs/a"), RunSpec(cfg_b, "runs/b")])  # one batched model
     fill_store(ws, load_student("runs/itc/checkpoint"), "train", top=16)
 
 A run folder holds ``config.json`` (``fit``: the FitConfig; ``data``: the workspace's data, teacher and store;
@@ -16,8 +17,8 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import asdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,9 @@ from workbench.io import TEMP_SUFFIX, read_json, remove_temporaries, save_checkp
 from workbench.models.teacher import CrossEncoder, TeacherConfig
 from workbench.scores.mining import mine_hard_negatives, relation_exclude
 from workbench.scores.similarity import topk_similarity
+from workbench.scores.store import StoreStats
 from workbench.scores.teacher_scores import TeacherScores
+from workbench.training.batched import Member, fit_batched
 from workbench.training.checkpoint import checkpoint_exists
 from workbench.training.config import FitConfig
 from workbench.training.loop import fit, needs_teacher
@@ -82,17 +85,108 @@ def train_run(ws: Workspace, cfg: FitConfig, out_dir: str | Path | None, *, card
     torch.manual_seed(cfg.seed)  # the student's initialisation is part of the run's seed
     student = ws.new_student()
     callbacks = tuple(callbacks) + _probe_callbacks(cfg, ws, teacher_scores, student, probe_every)
-    before = teacher_scores.stats if isinstance(teacher_scores, TeacherScores) else None
+    before = _stats(teacher_scores)
     start = time.time()
     state = fit(cfg, ws.data, student, teacher_scores=teacher_scores, evaluate=ws.val_evaluator(), out_dir=out_dir,
                 resume=resume, progress=progress, step_callbacks=step_callbacks, callbacks=callbacks, dist=dist)
     seconds = time.time() - start
     metrics = ws.evaluate(student, card, announce=announce) | {"train_seconds": seconds}
     if before is not None:
+        teacher_scores.flush()  # the run's new scores reach the file (one transaction) before it counts as done
         metrics["teacher_store"] = asdict(teacher_scores.stats - before)
     if out_dir is not None and dist.is_main:
         write_run(Path(out_dir), run_config(ws, cfg, student, controlled, dist), state.history, metrics)
     return metrics
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of :func:`train_runs_batched` (the arguments :func:`train_run` takes besides the workspace).
+
+    Attributes:
+        cfg: its config; out_dir: its run folder (None: not written); rerank: evaluate the teacher re-ranking it;
+        controlled: distil from a controlled teacher with these settings; probe_every: gradient-coordination probe
+        period (0 = off); name: how logs name it. (:class:`~workbench.experiments.parallel.Job` has these fields.)
+    """
+
+    cfg: FitConfig
+    out_dir: str | Path | None = None
+    rerank: bool = False
+    controlled: dict | None = None
+    probe_every: int = 0
+    name: str = ""
+
+
+def train_runs_batched(ws: Workspace, specs: Sequence[Any], *, progress=None, step_callbacks=(),
+                       callbacks=(), log: Callable[[str], None] | None = None, overwrite: bool = False
+                       ) -> list[dict[str, Any]]:
+    """Train several runs as one batched model (:func:`~workbench.training.batched.fit_batched`): each is
+    initialised, trained, evaluated and written exactly as :func:`train_run` would do it alone, but the encoders,
+    the optimiser and the teacher's scoring are shared. Returns each run's metrics (in ``specs``' order).
+
+    The runs must share ``steps``, ``batch``, ``lr``, ``warmup``, ``weight_decay``, ``device`` and ``amp``
+    (:data:`~workbench.training.batched.GROUP_FIELDS`). ``metrics.json`` records the batch (``batched``: members,
+    this run's index, the batch's wall time) and, for a run that diverged, ``diverged`` (step, reason).
+
+    Args:
+        specs: :class:`RunSpec` (or anything with its fields, e.g. a ``parallel.Job``).
+        progress: wraps the step range; step_callbacks: ``cb(step, rows)`` per step (one row per run, None for a
+            stopped one); callbacks: ``cb(step, row)`` after each logged row of every run.
+        log: receives a line when a run diverges.
+        overwrite: replace runs already in the members' folders (without it an existing run is an error).
+
+    Before the first step every member's folder, the data it reads and the store it writes are checked, as
+    :func:`train_run` does.
+    """
+    _preflight_batch(ws, specs, overwrite)
+    members, scores = [], []
+    for i, spec in enumerate(specs):
+        cfg = spec.cfg
+        teacher_scores = _training_scores(ws, cfg, spec.controlled)
+        torch.manual_seed(cfg.seed)  # the student's initialisation is part of the run's seed, as in train_run
+        student = ws.new_student()
+        probes = _probe_callbacks(cfg, ws, teacher_scores, student, spec.probe_every)
+        name = getattr(spec, "name", "") or (Path(spec.out_dir).name if spec.out_dir else f"run{i}")
+        members.append(Member(cfg, student, teacher_scores, ws.val_evaluator(), spec.out_dir,
+                              tuple(callbacks) + probes, name))
+        scores.append(teacher_scores)
+    stores = {id(s): s for s in scores if _stats(s) is not None}
+    before = {k: s.stats for k, s in stores.items()}
+    batched = fit_batched(members, ws.data, step_callbacks=step_callbacks, progress=progress, log=log)
+    for s in stores.values():
+        s.flush()
+    out = []
+    for i, (spec, member, state) in enumerate(zip(specs, members, batched.states, strict=True)):
+        card = ws.protocol_card("test", rerank=spec.rerank)
+        metrics = ws.evaluate(member.student, card) | {"train_seconds": batched.seconds}
+        metrics["batched"] = {"members": len(members), "member": i, "wall_seconds": batched.seconds}
+        if id(scores[i]) in stores:  # the store is shared: its counters cover the whole batch
+            metrics["teacher_store"] = asdict(scores[i].stats - before[id(scores[i])])
+        if i in batched.diverged:
+            metrics["diverged"] = batched.diverged[i]
+        if spec.out_dir is not None:
+            write_run(Path(spec.out_dir), run_config(ws, spec.cfg, member.student, spec.controlled), state.history,
+                      metrics)
+        out.append(metrics)
+    return out
+
+
+def _preflight_batch(ws: Workspace, specs: Sequence[Any], overwrite: bool) -> None:
+    """Check every member's run folder and what the batch reads and writes, then prepare the folders."""
+    folders = [spec.out_dir for spec in specs if spec.out_dir is not None]
+    for folder in folders:
+        check_run_folder(folder, resume=False, overwrite=overwrite)
+    teacher = any(needs_teacher(spec.cfg) and spec.controlled is None for spec in specs)
+    ws.preflight(("train", "val", "test"), teacher=teacher or any(spec.rerank for spec in specs),
+                 store_writes=teacher or (any(spec.rerank for spec in specs) and ws.rerank_uses_store))
+    for folder in folders:
+        prepare_run_folder(folder, resume=False, overwrite=overwrite)
+
+
+def _stats(scores: Any) -> StoreStats | None:
+    """The counters of store-like teacher scores (the store, the dense grid), None for others."""
+    stats = getattr(scores, "stats", None)
+    return stats if isinstance(stats, StoreStats) else None
 
 
 def _training_scores(ws: Workspace, cfg: FitConfig, controlled: dict | None):
@@ -224,6 +318,8 @@ def fill_store(ws: Workspace, student: Any, split: str = "train", top: int = 16,
     that distillation runs mining with the same positives mostly hit it. Ranks share the work (each scores a slice
     of each direction's pairs into the shared store file)."""
     dist = current() if dist is None else dist
+    if getattr(ws, "uses_dense_teacher", lambda s: False)(split):
+        return {"pairs": 0, "computed_pairs": 0, "hit_rate": float("nan"), "dense": True}  # every pair is scored
     data = ws.split(split)
     pairs = mined_pairs(student, data, top, positives)
     scores = ws.teacher_scores(split)
@@ -237,6 +333,7 @@ def fill_store(ws: Workspace, student: Any, split: str = "train", top: int = 16,
         scores(img[rows.start : rows.stop], cap[rows.start : rows.stop])
         if announce is not None:
             announce(f"store      fill {direction}: {scores.stats.postfix()}")
+    scores.flush()
     dist.barrier()
     stats = scores.stats - before
     return {"pairs": sum(len(p[0]) for p in pairs.values()), "computed_pairs": stats.computed_pairs,

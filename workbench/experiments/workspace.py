@@ -13,8 +13,10 @@ so every run folder has one format whichever data it used. What differs between 
 - :class:`BuiltinWorkspace`: the generated :class:`~workbench.data.world.World`, the built-in cross-encoder teacher
   (its frozen stem is shared with every student), ground-truth extras in evaluation (minimal pairs, graded
   Spearman, the semantic protocol), teacher re-ranking by the teacher's own pair scorer;
-- :class:`KarpathyWorkspace`: a Karpathy JSON + image folder, a BLIP ITM teacher and a CLIP / BLIP-ITC student from
-  `transformers` (loaded on first use), COCO protocol only, re-ranking through the persistent store.
+- :class:`~workbench.experiments.karpathy.KarpathyWorkspace` (module ``karpathy``): a Karpathy JSON + image
+  folder, a BLIP ITM teacher and a CLIP / BLIP-ITC student from `transformers`, COCO protocol only.
+
+:mod:`workbench.experiments.records` re-opens the workspace a run folder recorded.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,12 +33,10 @@ from typing import Any
 import torch
 
 from workbench.checks import check_choice
-from workbench.data.karpathy import DATASETS, KarpathySplit, load_karpathy
 from workbench.data.perturbations import MinimalPairs, minimal_pairs
 from workbench.data.world import WORLD_PRESETS as NAMED_WORLDS
 from workbench.data.world import World, WorldConfig, build_world, world_preset
 from workbench.device import pick_device
-from workbench.distributed import current
 from workbench.evaluation.embed import embed_split
 from workbench.evaluation.evaluate import evaluate_student, graded_pairs
 from workbench.evaluation.protocol import ProtocolCard, protocol_card
@@ -249,6 +250,7 @@ class BuiltinWorkspace(Workspace):
     stem: PatchStem
     store_path: Path | None = None
     teacher_dir: Path | None = None
+    dense_teacher: bool | None = None  # None: $WORKBENCH_DENSE_TEACHER (1 / 0 / auto); auto = teacher on a GPU
     _eval_sets: dict[str, Any] = field(default_factory=dict, repr=False)
     _scores: dict[str, TeacherScores] = field(default_factory=dict, repr=False)
 
@@ -286,6 +288,29 @@ class BuiltinWorkspace(Workspace):
 
         return ControlledTeacher(self.world.train, ControlledConfig(**settings)).scores
 
+    def uses_dense_teacher(self, split: str = "train") -> bool:
+        """Whether :meth:`teacher_scores` of the training split is the dense grid (:class:`DenseTeacherScores`):
+        ``dense_teacher`` if set, else ``$WORKBENCH_DENSE_TEACHER`` (``1`` / ``0`` / ``auto``), where auto = the
+        teacher runs on a GPU (there the grid is scored in about a minute; on a CPU it would take hours)."""
+        if split != "train" or self.teacher_model is None:
+            return False
+        choice = self.dense_teacher
+        if choice is None:
+            env = os.environ.get("WORKBENCH_DENSE_TEACHER", "auto").strip().lower()
+            check_choice("WORKBENCH_DENSE_TEACHER", env, ["1", "0", "auto", "true", "false"])
+            choice = None if env == "auto" else env in ("1", "true")
+        if choice is None:
+            choice = next(self.teacher_model.parameters()).device.type == "cuda"
+        return bool(choice)
+
+    def teacher_scores(self, split: str = "train"):
+        """The teacher's scores on a split: the dense grid on the device (:meth:`uses_dense_teacher`) or the store."""
+        if self.uses_dense_teacher(split) and split not in self._scores:
+            from workbench.scores.dense import DenseTeacherScores
+
+            self._scores[split] = DenseTeacherScores(self.teacher, self.split(split))
+        return super().teacher_scores(split)
+
     def eval_sets(self, split: str) -> tuple[MinimalPairs, tuple[torch.Tensor, torch.Tensor]]:
         """(minimal pairs, graded pairs) of a split, built once."""
         if split not in self._eval_sets:
@@ -320,12 +345,15 @@ class BuiltinWorkspace(Workspace):
 
 
 def open_workspace(world_cfg: WorldConfig | None = None, teacher_dir: str | Path | None = "auto",
-                   store_path: str | Path | None = None, device: str = "auto") -> BuiltinWorkspace:
+                   store_path: str | Path | None = None, device: str = "auto",
+                   dense_teacher: bool | None = None) -> BuiltinWorkspace:
     """Build the world (default: ``WORLD_PRESETS["default"]``) and load the teacher (its stem is shared with
     students); ``teacher_dir="auto"``: the world's committed teacher (:func:`teacher_for_world`); ``None``: no
     teacher (a stem is pretrained instead).
 
     The teacher goes to ``device`` (CUDA when available for ``"auto"``); students move there when they train.
+    ``dense_teacher``: score the whole training split once on the device and look scores up (default: on a GPU;
+    see :meth:`BuiltinWorkspace.uses_dense_teacher`).
     """
     world_cfg = world_cfg or WORLD_PRESETS["default"]
     if teacher_dir == "auto":
@@ -340,193 +368,4 @@ def open_workspace(world_cfg: WorldConfig | None = None, teacher_dir: str | Path
         teacher = load_teacher(teacher_dir).to(pick_device(device))
     stem = teacher.stem if teacher is not None else pretrain_stem(world.train)
     return BuiltinWorkspace(world, teacher, stem, Path(store_path) if store_path else None,
-                            Path(teacher_dir) if teacher_dir else None)
-
-
-# ------------------------------------------------------------------------------------------- Karpathy real data
-
-
-@dataclass
-class KarpathyData:
-    """A Karpathy dataset; its splits load on first use. ``fit`` reads ``.train`` as it reads a world's.
-
-    Attributes:
-        dataset: "flickr30k" or "coco".
-        json_path: the Karpathy JSON (or the folder holding it); image_root: the image folder.
-        max_images: keep the first N images of each split (quick runs); ``None`` keeps all.
-        restval_as_train: COCO: train on train + restval (113,287 images, as BLIP and the paper).
-    """
-
-    dataset: str
-    json_path: Path
-    image_root: Path
-    max_images: int | None = None
-    restval_as_train: bool = False
-    _splits: dict[str, KarpathySplit] = field(default_factory=dict, repr=False)
-
-    def __post_init__(self) -> None:
-        check_choice("dataset", self.dataset, DATASETS)
-        self.json_path, self.image_root = Path(self.json_path), Path(self.image_root)
-
-    def split(self, name: str) -> KarpathySplit:
-        if name not in self._splits:
-            self._splits[name] = load_karpathy(self.json_path, self.image_root, name, dataset=self.dataset,
-                                               max_images=self.max_images,
-                                               restval_as_train=self.restval_as_train and name == "train")
-        return self._splits[name]
-
-    @property
-    def train(self) -> KarpathySplit:
-        return self.split("train")
-
-    @property
-    def val(self) -> KarpathySplit:
-        return self.split("val")
-
-    @property
-    def test(self) -> KarpathySplit:
-        return self.split("test")
-
-    def describe(self) -> dict[str, Any]:
-        return {"dataset": self.dataset, "karpathy_json": str(self.json_path), "image_root": str(self.image_root),
-                "max_images": self.max_images, "restval_as_train": self.restval_as_train}
-
-
-@dataclass
-class KarpathyWorkspace(Workspace):
-    """A Karpathy dataset, its teacher (loaded when needed), the student's source and the teacher-score store."""
-
-    data: KarpathyData
-    teacher_source: str
-    student_source: str
-    student_kind: str = "clip"
-    store_path: Path | None = None
-    device: str = "auto"
-    teacher_cache_images: int | None = 2048
-    _teacher: Any = field(default=None, repr=False)
-    _scores: dict[str, TeacherScores] = field(default_factory=dict, repr=False)
-
-    kind = "karpathy"
-    primary = "coco"
-    rerank_uses_store = True
-
-    @property
-    def dataset(self) -> str:
-        return self.data.dataset
-
-    @property
-    def teacher(self) -> Any:
-        """The frozen BLIP ITM teacher (:class:`~workbench.models.hf.HFTeacher`), loaded on first use."""
-        if self._teacher is None:
-            from workbench.models.hf import HFTeacher
-
-            self._teacher = HFTeacher(self.teacher_source, device=self.model_device)
-        return self._teacher
-
-    @property
-    def namespace(self) -> str:
-        """Teacher-store id space: image / caption ids are global within one dataset's Karpathy file."""
-        return f"karpathy-{self.dataset}"
-
-    def new_student(self) -> Any:
-        from workbench.models.hf import HFStudent
-
-        return HFStudent(self.student_source, self.student_kind, device=self.model_device)
-
-    def _check_teacher(self) -> None:
-        from workbench.models.hf.loading import check_model_source
-
-        if self._teacher is None:
-            check_model_source(self.teacher_source, "blip", "teacher model")
-
-    def _check_data(self, splits: list[str], images: str) -> list[str]:
-        from workbench.models.hf.loading import check_model_source
-
-        check_model_source(self.student_source, STUDENT_MODEL_TYPES[self.student_kind], "student model")
-        counts = {name: self.split(name).num_images for name in splits}  # loading checks that every file exists
-        if images != "skip":
-            for name in splits:
-                self.split(name).check_images(decode=images == "full")
-        what = {"skip": "exist (not opened: --check-images header or full opens them)",
-                "header": "exist and open as images (headers; --check-images full decodes every one)",
-                "full": "exist and decode"}[images]
-        listed = ", ".join(f"{n:,} {name}" for name, n in counts.items())
-        return [f"checks     student {self.student_source}: found; images ({listed}): all {what}"]
-
-    def _scorer_options(self, split: str) -> dict[str, Any]:
-        """Training keeps an LRU cache of ``teacher_cache_images`` image encodings; evaluation splits cache all."""
-        return {"max_cached_images": self.teacher_cache_images if split == "train" else None}
-
-    @property
-    def model_device(self) -> str | torch.device:
-        """Where the models go: this process's device under a launcher, else the configured one."""
-        dist = current()
-        return dist.device if dist.enabled and dist.device is not None else self.device
-
-    def _rerank_scorer(self, card, img, txt, announce):
-        if card.k_test is None:
-            return None, None
-        scores = self.teacher_scores(card.split)
-        if announce is not None:
-            from workbench.experiments.runs import rerank_cost
-
-            announce(rerank_cost(scores, img, txt, card.k_test).text())
-        before = scores.stats
-        return (lambda i, c: scores(i, c)[0]), (lambda: scores.stats - before)
-
-    def describe(self) -> dict[str, Any]:
-        return {"kind": self.kind, **self.data.describe(), "teacher": self.teacher_source,
-                "student": self.student_source, "student_kind": self.student_kind,
-                "store": str(self.store_path) if self.store_path else None}
-
-
-def open_karpathy_workspace(dataset: str, karpathy_json: str | Path, image_root: str | Path, *,
-                            teacher: str | None = None, student: str | None = None, student_kind: str = "clip",
-                            store: str | Path | None = None, device: str = "auto", max_images: int | None = None,
-                            restval_as_train: bool = False, teacher_cache_images: int | None = 2048
-                            ) -> KarpathyWorkspace:
-    """A :class:`KarpathyWorkspace`; ``teacher`` / ``student`` default to BLIP ITM fine-tuned on the dataset and CLIP
-    ViT-B/16. Nothing heavy is loaded yet (splits and models load on first use)."""
-    if karpathy_json is None or image_root is None:
-        raise ValueError(f"dataset {dataset!r} needs --karpathy-json PATH and --image-root PATH")
-    data = KarpathyData(dataset, Path(karpathy_json), Path(image_root), max_images, restval_as_train)
-    return KarpathyWorkspace(data, teacher or DEFAULT_TEACHERS[dataset], student or DEFAULT_STUDENT, student_kind,
-                             Path(store) if store else None, device, teacher_cache_images)
-
-
-# ------------------------------------------------------------------------------------------------ from a run
-
-
-def recorded_data(config: dict[str, Any]) -> dict[str, Any]:
-    """A run's ``config.json["data"]``; run folders written before the unified format are read too."""
-    if "data" in config:
-        return dict(config["data"])
-    if "real" in config:  # legacy real-data run folder
-        return {"kind": "karpathy", **config["real"]}
-    legacy = {k: config[k] for k in ("world", "teacher", "store") if k in config}
-    return {"kind": "builtin", **legacy} if legacy else {}
-
-
-def workspace_from_record(data: dict[str, Any], **overrides: Any) -> Workspace:
-    """Re-open the workspace a run recorded (``recorded_data``), with ``overrides`` (non-None values) on top.
-
-    Overrides for the built-in world: ``world_cfg``, ``teacher``, ``store``, ``device``; for real data the keyword
-    arguments of :func:`open_karpathy_workspace` plus ``dataset``.
-    """
-    given = {k: v for k, v in overrides.items() if v is not None}
-    kind = "karpathy" if given.get("dataset") not in (None, "builtin") else data.get("kind", "builtin")
-    if given.get("dataset") == "builtin":
-        kind = "builtin"
-    if kind == "builtin":
-        world = given.get("world_cfg") or WorldConfig(**data.get("world", {}))
-        teacher = given.get("teacher") or data.get("teacher", "auto")
-        if teacher != "auto" and Path(teacher) == DEFAULT_TEACHER and teacher_for_world(world) != DEFAULT_TEACHER:
-            teacher = teacher_for_world(world)  # recorded before the ambiguous-v1 teacher moved out of assets/teacher
-        return open_workspace(world, teacher, given.get("store") or data.get("store"), given.get("device", "auto"))
-    keys = ("dataset", "karpathy_json", "image_root", "teacher", "student", "student_kind", "store", "device",
-            "max_images", "restval_as_train", "teacher_cache_images")
-    merged = {k: given.get(k, data.get(k)) for k in keys}
-    merged = {k: v for k, v in merged.items() if v is not None}
-    return open_karpathy_workspace(merged.pop("dataset"), merged.pop("karpathy_json", None),
-                                   merged.pop("image_root", None), **merged)
-
+                            Path(teacher_dir) if teacher_dir else None, dense_teacher)

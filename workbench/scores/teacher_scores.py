@@ -65,6 +65,10 @@ class TeacherScores:
     def stats(self) -> StoreStats:
         return self.store.stats
 
+    def flush(self) -> None:
+        """Write the scores computed and still pending to the store file (see ``TeacherScoreStore.write_every``)."""
+        self.store.flush()
+
     def close(self) -> None:
         self.store.close()
 

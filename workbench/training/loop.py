@@ -133,34 +133,55 @@ def objective(entries: dict[str, torch.Tensor]) -> torch.Tensor:
 def _both_directions(loss: Callable, i2t: ScoreBatch, t2i: ScoreBatch) -> tuple[torch.Tensor, dict[str, float]]:
     """A loss on both directions' slates: (its objective, mean of i2t and t2i, with grad; every entry it returned,
     mean of the two directions, as floats for the log)."""
+    value, pairs = both_directions_lazy(loss, i2t, t2i)
+    return value, {k: 0.5 * (a.item() + b.item()) for k, (a, b) in pairs.items()}
+
+
+def both_directions_lazy(loss: Callable, i2t: ScoreBatch, t2i: ScoreBatch
+                         ) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+    """:func:`_both_directions` without reading the entries yet: (objective, ``{entry: (i2t value, t2i value)}``
+    as detached float tensors; the logged value is ``0.5 * (i2t + t2i)`` in Python floats)."""
     out_i2t, out_t2i = loss(i2t), loss(t2i)
-    named = {k: 0.5 * (out_i2t[k].detach().float().item() + out_t2i[k].detach().float().item()) for k in out_i2t}
-    return 0.5 * (objective(out_i2t) + objective(out_t2i)), named
+    pairs = {k: (out_i2t[k].detach().float(), out_t2i[k].detach().float()) for k in out_i2t}
+    return 0.5 * (objective(out_i2t) + objective(out_t2i)), pairs
 
 
 def itc_terms(ctx: StepContext, view: BatchView, img_cpu: torch.Tensor, cap_cpu: torch.Tensor, scale,
-              gen) -> tuple[torch.Tensor, dict[str, float]]:
+              gen, near_misses: tuple[torch.Tensor, torch.Tensor] | None = None
+              ) -> tuple[torch.Tensor, dict[str, float]]:
     """Symmetric in-batch ITC (mean of i2t and t2i), with near-miss columns in i2t when configured.
 
     Rows are this rank's queries, columns the global batch: ``[B, G]`` (``G = B`` in one process).
     Returns the objective and the loss's named entries (see :func:`_both_directions`).
+    ``near_misses``: the near-miss columns already drawn from ``gen`` and encoded (embeddings float [B', E], truth
+    bool [B, B'], as the batched trainer does for all its members at once); by default drawn and encoded here.
     """
+    value, pairs = itc_terms_lazy(ctx, view, img_cpu, cap_cpu, scale, gen, near_misses)
+    return value, {k: 0.5 * (a.item() + b.item()) for k, (a, b) in pairs.items()}
+
+
+def itc_terms_lazy(ctx: StepContext, view: BatchView, img_cpu: torch.Tensor, cap_cpu: torch.Tensor, scale, gen,
+                   near_misses: tuple[torch.Tensor, torch.Tensor] | None = None):
+    """:func:`itc_terms` with its entries left as tensors (see :func:`both_directions_lazy`)."""
     split, dist = ctx.world.train, ctx.dist
     relation = split.relations()[ctx.cfg.positives]
     positive = relation.block(img_cpu, dist.gather(cap_cpu)).to(view.e_img.device)  # [B, G]
     sim = scale * view.e_img @ view.all_txt.T
     sim_i2t, pos_i2t = sim, positive
     if ctx.cfg.near_misses:
-        tokens, truth = near_miss_columns(split, ctx.near, img_cpu, cap_cpu, gen, ctx.cfg.near_miss_count,
-                                          ctx.cfg.near_miss_flip_weight)
-        extra = scale * view.e_img @ ctx.student.encode_text(tokens.to(view.e_img.device)).T
-        sim_i2t, pos_i2t = torch.cat([sim, extra], 1), torch.cat([positive, truth.to(view.e_img.device)], 1)
+        if near_misses is None:
+            tokens, truth = near_miss_columns(split, ctx.near, img_cpu, cap_cpu, gen, ctx.cfg.near_miss_count,
+                                              ctx.cfg.near_miss_flip_weight)
+            near_misses = (ctx.student.encode_text(tokens.to(view.e_img.device)), truth)
+        extra = scale * view.e_img @ near_misses[0].T
+        sim_i2t, pos_i2t = torch.cat([sim, extra], 1), torch.cat([positive, near_misses[1].to(view.e_img.device)], 1)
     if dist.enabled:
         sim_t2i = scale * view.e_txt @ view.all_img.T
         pos_t2i = relation.block(dist.gather(img_cpu), cap_cpu).T.to(view.e_img.device)
     else:
         sim_t2i, pos_t2i = sim.T, positive.T
-    return _both_directions(ctx.losses[ITC], itc_batch(sim_i2t.float(), pos_i2t), itc_batch(sim_t2i.float(), pos_t2i))
+    return both_directions_lazy(ctx.losses[ITC], itc_batch(sim_i2t.float(), pos_i2t),
+                                itc_batch(sim_t2i.float(), pos_t2i))
 
 
 def sides(pools: MiningPools | TrainState, ctx: StepContext, view: BatchView) -> list[Side]:

@@ -70,6 +70,22 @@ def mine(side: Side, cfg: FitConfig, relation: PairRelation, scale: torch.Tensor
 def distill_batch(side: Side, cfg: FitConfig, relation: PairRelation, scale: torch.Tensor, teacher,
                   gen: torch.Generator) -> ScoreBatch:
     """The distillation ScoreBatch of one direction: ``[own positive, K mined]`` (or the whole batch for "all")."""
+    s, positive, valid, ids = _slate(side, cfg, relation, scale, gen)
+    u = teacher_view(teacher, side, ids, cfg) if teacher is not None else None
+    return ScoreBatch(student=s, positive=positive, teacher=u, valid=valid)
+
+
+def distill_slate(side: Side, cfg: FitConfig, relation: PairRelation, scale: torch.Tensor,
+                  gen: torch.Generator) -> tuple[ScoreBatch, torch.Tensor]:
+    """One direction's slates before the teacher: (ScoreBatch without teacher scores, candidate split indices long
+    [B, L]). :func:`teacher_pairs` gives the (image, caption) pairs the teacher should score for them (the batched
+    trainer asks the teacher once for every member's pairs)."""
+    s, positive, valid, ids = _slate(side, cfg, relation, scale, gen)
+    return ScoreBatch(student=s, positive=positive, valid=valid), ids
+
+
+def _slate(side: Side, cfg: FitConfig, relation: PairRelation, scale: torch.Tensor, gen: torch.Generator):
+    """(student scores float [B, L], positive, valid, candidate split indices long [B, L])."""
     if cfg.negatives == "all":
         cand = torch.arange(len(side.pool_ids), device=side.query.device).expand(len(side.query), -1)
         valid = torch.ones_like(cand, dtype=torch.bool)
@@ -86,8 +102,12 @@ def distill_batch(side: Side, cfg: FitConfig, relation: PairRelation, scale: tor
         valid = torch.cat([torch.ones_like(mined.valid[:, :1]), mined.valid], 1)
         positive = torch.zeros_like(valid)
         positive[:, 0] = True
-    u = teacher_view(teacher, side, ids, cfg) if teacher is not None else None
-    return ScoreBatch(student=s.float(), positive=positive, teacher=u, valid=valid)
+    return s.float(), positive, valid, ids
+
+
+def with_teacher(batch: ScoreBatch, u: torch.Tensor) -> ScoreBatch:
+    """``batch`` with teacher scores ``u`` float [B, L]."""
+    return ScoreBatch(student=batch.student, positive=batch.positive, teacher=u, valid=batch.valid)
 
 
 def _truth(side: Side, relation: PairRelation, cand_ids: torch.Tensor) -> torch.Tensor:
@@ -95,9 +115,18 @@ def _truth(side: Side, relation: PairRelation, cand_ids: torch.Tensor) -> torch.
     return relation.pairs(img.flatten(), cap.flatten()).reshape(cand_ids.shape)
 
 
+def teacher_pairs(side: Side, cand_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(image idx long [B*L], caption idx long [B*L]): the pairs of a slate, flattened row by row."""
+    img, cap = side.pair_ids(cand_ids)
+    return img.flatten(), cap.flatten()
+
+
+def teacher_output(logits: torch.Tensor, probs: torch.Tensor, cfg: FitConfig) -> torch.Tensor:
+    """What the losses see as ``u`` (``cfg.teacher_output``) from the teacher's logits and probabilities."""
+    return {"logit": logits, "probability": probs, "tempered": logits / cfg.teacher_temperature}[cfg.teacher_output]
+
+
 def teacher_view(teacher, side: Side, cand_ids: torch.Tensor, cfg: FitConfig) -> torch.Tensor:
     """Teacher scores float [B, L] for the slate's pairs, as the losses should see them (logit/probability/tempered)."""
-    img, cap = side.pair_ids(cand_ids)
-    logits, probs = teacher(img.flatten(), cap.flatten())
-    u = {"logit": logits, "probability": probs, "tempered": logits / cfg.teacher_temperature}[cfg.teacher_output]
-    return u.reshape(cand_ids.shape).float()
+    logits, probs = teacher(*teacher_pairs(side, cand_ids))
+    return teacher_output(logits, probs, cfg).reshape(cand_ids.shape).float()
