@@ -62,7 +62,8 @@ def _add_data(p: argparse.ArgumentParser, default: str | None = "builtin") -> No
     p.add_argument("--karpathy-json", default=None, metavar="PATH", help="dataset_flickr30k.json / dataset_coco.json")
     p.add_argument("--image-root", default=None, metavar="PATH", help="image folder (COCO: holds train2014/, val2014/)")
     p.add_argument("--student", default=None, metavar="NAME_OR_PATH",
-                   help="real data: CLIP or BLIP hub name or local folder (default: openai/clip-vit-base-patch16)")
+                   help="built-in: a student preset (default: the world's; moments-v1 on the default world); real "
+                        "data: CLIP or BLIP hub name or local folder (default: openai/clip-vit-base-patch16)")
     p.add_argument("--student-kind", default=None, choices=list(STUDENT_KINDS), help="real data: default clip")
     p.add_argument("--max-images", type=int, default=None, help="real data: first N images of each split (quick runs)")
     p.add_argument("--restval-as-train", action="store_true",

@@ -8,6 +8,7 @@ from typing import Any
 from workbench.data.world import WorldConfig
 from workbench.experiments.karpathy import open_karpathy_workspace
 from workbench.experiments.workspace import DEFAULT_TEACHER, Workspace, open_workspace, teacher_for_world
+from workbench.models.student import StudentConfig
 
 
 def recorded_data(config: dict[str, Any]) -> dict[str, Any]:
@@ -35,7 +36,10 @@ def workspace_from_record(data: dict[str, Any], **overrides: Any) -> Workspace:
         teacher = given.get("teacher") or data.get("teacher", "auto")
         if teacher != "auto" and Path(teacher) == DEFAULT_TEACHER and teacher_for_world(world) != DEFAULT_TEACHER:
             teacher = teacher_for_world(world)  # recorded before the ambiguous-v1 teacher moved out of assets/teacher
-        return open_workspace(world, teacher, given.get("store") or data.get("store"), given.get("device", "auto"))
+        student = given.get("student") or data.get("student")  # a preset name (the CLI) or a recorded config
+        student = StudentConfig.from_dict(student) if isinstance(student, dict) else student
+        return open_workspace(world, teacher, given.get("store") or data.get("store"), given.get("device", "auto"),
+                              student=student)
     keys = ("dataset", "karpathy_json", "image_root", "teacher", "student", "student_kind", "store", "device",
             "max_images", "restval_as_train", "teacher_cache_images")
     merged = {k: given.get(k, data.get(k)) for k in keys}

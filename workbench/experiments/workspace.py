@@ -43,7 +43,7 @@ from workbench.evaluation.protocol import ProtocolCard, protocol_card
 from workbench.evaluation.retrieval import retrieval_metrics
 from workbench.io import CheckpointError
 from workbench.models.stem import PatchStem
-from workbench.models.student import DualEncoder, StudentConfig
+from workbench.models.student import DualEncoder, StudentConfig, student_preset
 from workbench.models.teacher import CrossEncoder, load_teacher
 from workbench.scores.store import StoreError, read_only_message, store_writable
 from workbench.scores.teacher_scores import TeacherScores
@@ -55,6 +55,10 @@ DEFAULT_TEACHER = ASSETS / "teacher"  # the committed teacher of the default wor
 WORLD_TEACHERS: dict[str, Path] = {  # named world -> the committed teacher trained on it
     "contrast-chain-v1": DEFAULT_TEACHER,
     "ambiguous-v1": ASSETS / "teacher-ambiguous-v1",
+}
+WORLD_STUDENTS: dict[str, str] = {  # named world -> its default student preset (workbench.models.student)
+    "contrast-chain-v1": "moments-v1",
+    "ambiguous-v1": "relation-blind-v1",
 }
 WORLD_PRESETS: dict[str, WorldConfig] = {
     "default": world_preset(DEFAULT_WORLD),  # the default world, full size
@@ -93,6 +97,15 @@ def teacher_for_world(cfg: WorldConfig) -> Path:
     if name is None:
         name = DEFAULT_WORLD if cfg.caption_style == "chain" else "ambiguous-v1"
     return WORLD_TEACHERS[name]
+
+
+def student_for_world(cfg: WorldConfig) -> str:
+    """The default student preset of a world (:data:`WORLD_STUDENTS`): the relation-capable ``moments-v1`` on
+    chain-caption worlds, the original ``relation-blind-v1`` on the ambiguous-v1 world."""
+    name = world_name(cfg)
+    if name is None:
+        name = DEFAULT_WORLD if cfg.caption_style == "chain" else "ambiguous-v1"
+    return WORLD_STUDENTS[name]
 
 
 def world_namespace(cfg: WorldConfig) -> str:
@@ -251,6 +264,7 @@ class BuiltinWorkspace(Workspace):
     store_path: Path | None = None
     teacher_dir: Path | None = None
     dense_teacher: bool | None = None  # None: $WORKBENCH_DENSE_TEACHER (1 / 0 / auto); auto = teacher on a GPU
+    student: StudentConfig | None = None  # None: the world's default student (student_for_world)
     _eval_sets: dict[str, Any] = field(default_factory=dict, repr=False)
     _scores: dict[str, TeacherScores] = field(default_factory=dict, repr=False)
 
@@ -276,11 +290,9 @@ class BuiltinWorkspace(Workspace):
     def new_student(self, config: StudentConfig | None = None) -> DualEncoder:
         """A fresh student sharing the frozen stem (a CPU copy: the student moves to its device when it trains).
 
-        The default config is ``StudentConfig()``; on a world of chain captions (longer than its ``max_words``) it
-        reads 24 words, as the relation-capable student presets do.
+        The default config is the workspace's ``student`` (:func:`student_for_world` unless one was chosen).
         """
-        if config is None:
-            config = StudentConfig(max_words=24) if self.world.config.caption_style == "chain" else StudentConfig()
+        config = config or self.student or student_preset(student_for_world(self.world.config))
         return DualEncoder(config, stem=copy.deepcopy(self.stem).cpu())
 
     def controlled_scores(self, settings: dict[str, Any]) -> Callable:
@@ -339,21 +351,24 @@ class BuiltinWorkspace(Workspace):
                                      fusion=fusion)
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": self.kind, "world": asdict(self.world.config),
+        student = self.student or student_preset(student_for_world(self.world.config))
+        return {"kind": self.kind, "world": asdict(self.world.config), "student": asdict(student),
                 "teacher": str(self.teacher_dir) if self.teacher_dir else None,
                 "store": str(self.store_path) if self.store_path else None}
 
 
 def open_workspace(world_cfg: WorldConfig | None = None, teacher_dir: str | Path | None = "auto",
                    store_path: str | Path | None = None, device: str = "auto",
-                   dense_teacher: bool | None = None) -> BuiltinWorkspace:
+                   dense_teacher: bool | None = None, student: str | StudentConfig | None = None
+                   ) -> BuiltinWorkspace:
     """Build the world (default: ``WORLD_PRESETS["default"]``) and load the teacher (its stem is shared with
     students); ``teacher_dir="auto"``: the world's committed teacher (:func:`teacher_for_world`); ``None``: no
     teacher (a stem is pretrained instead).
 
     The teacher goes to ``device`` (CUDA when available for ``"auto"``); students move there when they train.
     ``dense_teacher``: score the whole training split once on the device and look scores up (default: on a GPU;
-    see :meth:`BuiltinWorkspace.uses_dense_teacher`).
+    see :meth:`BuiltinWorkspace.uses_dense_teacher`). ``student``: a :data:`STUDENT_PRESETS` name or a config for
+    every new student (default: the world's, :func:`student_for_world`).
     """
     world_cfg = world_cfg or WORLD_PRESETS["default"]
     if teacher_dir == "auto":
@@ -367,5 +382,7 @@ def open_workspace(world_cfg: WorldConfig | None = None, teacher_dir: str | Path
             )
         teacher = load_teacher(teacher_dir).to(pick_device(device))
     stem = teacher.stem if teacher is not None else pretrain_stem(world.train)
+    if isinstance(student, str):
+        student = student_preset(student)
     return BuiltinWorkspace(world, teacher, stem, Path(store_path) if store_path else None,
-                            Path(teacher_dir) if teacher_dir else None, dense_teacher)
+                            Path(teacher_dir) if teacher_dir else None, dense_teacher, student)
