@@ -221,7 +221,7 @@ def slate_batch(s: torch.Tensor, u: torch.Tensor, columns: torch.Tensor, valid: 
     teacher = torch.where(valid, u.gather(1, columns), 0.0)
     positive = torch.zeros_like(valid)
     positive[:, 0] = True
-    return ScoreBatch(student=student, positive=positive, teacher=teacher, valid=valid)
+    return ScoreBatch(student=student, positive=positive, teacher=teacher, mask=valid)
 
 
 def ordered_negatives(batch: ScoreBatch, settings: Settings) -> torch.Tensor:
@@ -284,7 +284,7 @@ def direction_objective(cached: CachedBatch, direction: str, loss: Loss, *, k: i
     distill = sum(loss(batch).values())
     grads = [_slate_grad(value, s, columns, valid) for value in (itc, distill)]
     detached = ScoreBatch(student=batch.student.detach(), positive=batch.positive, teacher=batch.teacher,
-                          valid=batch.valid)
+                          mask=batch.mask)
     return DirectionResult(direction, columns, detached, grads[0], grads[1], itc.item(), distill.item(), lam)
 
 

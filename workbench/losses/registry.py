@@ -36,7 +36,7 @@ from workbench.checks import check_choice, check_float, check_int
 from workbench.scores.batch import ScoreBatch
 
 LossFn = Callable[..., dict[str, torch.Tensor]]
-Entries = Literal["negatives", "valid"]
+Entries = Literal["negatives", "all"]
 _SCALARS = (bool, int, float, str)
 
 
@@ -206,8 +206,9 @@ class LossSpec:
         description: the first line of the function's docstring.
         source: where it is defined (``workbench/losses/cprd.py``, or the module name, e.g. ``__main__``).
         needs_teacher: calling it on a batch without teacher scores raises ``ValueError``.
-        entries: ``"negatives"`` if only the slate's negatives (``valid & ~positive``) are read, so scores at
-            positives never matter; ``"valid"`` if positives are read too (ITC, KL, MSE, margin-MSE).
+        entries: ``"negatives"`` if only the slate's negatives (``mask & ~positive``) are read, so scores at
+            positives never matter; ``"all"`` if positives are read too (ITC, KL, MSE, margin-MSE). Padding
+            (``mask`` False) is never read.
         params: the hyperparameters by name, in signature order.
     """
 
@@ -251,7 +252,7 @@ def register_loss(
     Args:
         name: a Python identifier (so the CLI's ``name:key=value`` syntax can carry it).
         needs_teacher: the loss reads ``batch.teacher`` (most distillation losses do).
-        entries: ``"negatives"`` (reads only ``valid & ~positive`` entries) or ``"valid"``; see ``LossSpec``.
+        entries: ``"negatives"`` (reads only ``mask & ~positive`` entries) or ``"all"``; see ``LossSpec``.
         checks: value constraints per hyperparameter, e.g. ``{"temperature": positive()}``.
 
     Returns:
