@@ -49,11 +49,16 @@ class Rule:
     Args:
         describe: returns the constraint in words for tables and widgets (e.g. ``"> 0"``).
         check: ``check(label, value)`` raises ``ValueError``/``TypeError`` naming ``label`` on a bad value.
+        low, high: the allowed range (``None``: unbounded on that side), for widgets (slider ranges).
+        strict_low: ``low`` itself is excluded (``> low``, as ``positive()``).
+        choices: the allowed values (a live view for ``one_of``), or ``None``.
     """
 
-    def __init__(self, describe: Callable[[], str], check: Callable[[str, Any], Any]) -> None:
+    def __init__(self, describe: Callable[[], str], check: Callable[[str, Any], Any], *, low: float | None = None,
+                 high: float | None = None, strict_low: bool = False, choices: Collection[Any] | None = None) -> None:
         self._describe = describe
         self.check = check
+        self.low, self.high, self.strict_low, self.choices = low, high, strict_low, choices
 
     @property
     def text(self) -> str:
@@ -66,17 +71,19 @@ class Rule:
 
 def positive() -> Rule:
     """The value must be a finite number ``> 0`` (temperatures, scales)."""
-    return Rule(lambda: "> 0", lambda label, v: check_float(label, v, min_value=0.0, strict_min=True))
+    return Rule(lambda: "> 0", lambda label, v: check_float(label, v, min_value=0.0, strict_min=True), low=0.0,
+                strict_low=True)
 
 
 def at_least(low: float) -> Rule:
     """The value must be a finite number ``>= low``."""
-    return Rule(lambda: f">= {low}", lambda label, v: check_float(label, v, min_value=low))
+    return Rule(lambda: f">= {low}", lambda label, v: check_float(label, v, min_value=low), low=low)
 
 
 def in_range(low: float, high: float) -> Rule:
     """The value must be a finite number in ``[low, high]``."""
-    return Rule(lambda: f"in [{low}, {high}]", lambda label, v: check_float(label, v, min_value=low, max_value=high))
+    return Rule(lambda: f"in [{low}, {high}]", lambda label, v: check_float(label, v, min_value=low, max_value=high),
+                low=low, high=high)
 
 
 def one_of(choices: Collection[Any]) -> Rule:
@@ -84,6 +91,7 @@ def one_of(choices: Collection[Any]) -> Rule:
     return Rule(
         lambda: "one of {" + ", ".join(map(str, choices)) + "}",
         lambda label, v: check_choice(label, v, choices),
+        choices=choices,
     )
 
 
