@@ -261,4 +261,5 @@ assert (OUT / "04" / "itc+anchored_cprd" / "metrics.json").is_file()
 # 2. With validity `top`, lower T from 1 to 0.1. Will the gradient concentrate on the first valid negative or
 #    spread over all of them? Check with the heatmap.
 # 3. Register a variant that orders only the teacher's *bottom* M hard negatives (the "easy end" of the slate).
-#    Predict its row in the comparison table relative to `cprd (top 3)`, then run the short training.
+#    Predict its row in the comparison table relative to `cprd (top 3)`, drive it from the playground (its
+#    dropdown), then run the short training.
