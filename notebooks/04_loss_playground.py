@@ -115,7 +115,7 @@ assert torch.isfinite(cached.teacher_logit).all() and cached.max_k() >= 4
 # - **distillation loss**: any registered loss; its hyperparameters replace CPRD's sliders.
 
 # %%
-playground = LossPlayground(cached, Settings.of(k=8, validity="top", m=3, lam=1.0))
+playground = LossPlayground(cached, Settings.of(k=8, validity="top", m=3, lam=1.0), smoke=SMOKE)
 playground
 
 # %% [markdown]
@@ -213,7 +213,7 @@ assert torch.isclose(anchored, parts, rtol=1e-5)
 # hyperparameters (`m`, `temperature`) become sliders from their declared types and checks.
 
 # %%
-anchored_playground = LossPlayground(cached, Settings.of(k=8, loss="anchored_cprd", m=3))
+anchored_playground = LossPlayground(cached, Settings.of(k=8, loss="anchored_cprd", m=3), smoke=SMOKE)
 assert set(anchored_playground.param_controls) == {"m", "temperature"}
 assert math.isclose(anchored_playground.result.distill, objective(cached, top3, get_loss("anchored_cprd", m=3)).distill)
 anchored_playground

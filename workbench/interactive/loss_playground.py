@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.patches import Rectangle
 
-from workbench.interactive.figure_view import LABEL, SLIDER, SLIDER_WIDTH, WIDE, figure_png, new_figure
+from workbench.interactive.figure_view import LABEL, SLIDER, SLIDER_WIDTH, WIDE, figure_png, mark_smoke, new_figure
 from workbench.interactive.playground import (
     CachedBatch,
     DirectionResult,
@@ -119,10 +119,13 @@ class LossPlayground:
         controls: loss, k, lam, teacher_output, direction, gradient, query, and one per hyperparameter of the
             chosen loss (rebuilt when the loss changes).
         result: the latest :class:`~workbench.interactive.playground.Objective`; ``value`` = its total.
+
+    ``smoke=True`` marks the heatmap with ``SMOKE_NOTE`` (its numbers only show that the code runs).
     """
 
-    def __init__(self, cached: CachedBatch, settings: Settings | None = None, *, rows: int = 16):
-        self.cached, self.rows = cached, min(rows, cached.size)
+    def __init__(self, cached: CachedBatch, settings: Settings | None = None, *, rows: int = 16,
+                 smoke: bool = False):
+        self.cached, self.rows, self.smoke = cached, min(rows, cached.size), smoke
         s = settings or Settings()
         self.kmax = cached.max_k()
         s = s.with_(k=min(s.k, self.kmax))
@@ -142,7 +145,7 @@ class LossPlayground:
         self.update()
 
     def _fixed_controls(self, s: Settings) -> dict[str, W.Widget]:
-        toggle = {"style": {**WIDE, "button_width": "84px"}, "layout": {"width": "auto", "margin": "0 24px 0 0"}}
+        toggle = {"style": {**WIDE, "button_width": "104px"}, "layout": {"width": "auto", "margin": "0 24px 0 0"}}
         return {
             "loss": W.Dropdown(options=list(list_losses()), value=s.loss, description="distillation loss",
                                layout=W.Layout(width=SLIDER_WIDTH), style=LABEL),
@@ -248,7 +251,7 @@ class LossPlayground:
         self.empty_html.value = "" if empty is None else f"<div class='wb-empty'>{html.escape(empty)}</div>"
         ax = gradient_heatmap(res, s, rows=self.rows, term=GRADIENTS[c["gradient"].value],
                               ax=new_figure(6.4, 4.4).subplots())
-        self.heatmap.value = figure_png(ax.figure)
+        self.heatmap.value = figure_png(mark_smoke(ax.figure) if self.smoke else ax.figure)
         self.order_html.value = order_table_html(implied_order(self.cached, s, res, c["query"].value))
 
     def _loss_text(self, s: Settings, res: DirectionResult) -> str:
