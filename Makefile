@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 OUT    ?= runs/demo
 PROFILE ?= demo
 
-.PHONY: demo test lint lab notebooks venv clean figures screenshot
+.PHONY: demo test lint lab notebooks venv clean figures screenshot book
 
 venv: $(STAMP)
 
@@ -40,10 +40,19 @@ lint: $(STAMP)
 notebooks: $(STAMP)
 	$(PY) -m jupytext --sync notebooks/*.py
 
-# JupyterLab on the notebooks (saving a notebook there also updates its .py source). LAB_ARGS=... adds options.
+# JupyterLab on the notebooks (saving a notebook there also updates its .py source). LAB_ARGS=... adds options;
+# SMOKE=1 runs every notebook's kernel in smoke mode (tiny world, seconds; numbers only show that the code runs).
 LAB_ARGS ?=
+SMOKE ?= 0
 lab: $(STAMP) notebooks
-	$(VENV)/bin/jupyter lab --ServerApp.root_dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
+	WORKBENCH_SMOKE=$(SMOKE) $(VENV)/bin/jupyter lab --ServerApp.root_dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
+
+# A static HTML site of the executed notebooks (figures included) with an index.html: runs/book/ (BOOK=DIR).
+# Full mode by default; SMOKE=1 for a quick check. BOOK_ARGS="--only 00_quickstart" runs some notebooks only.
+BOOK ?= runs/book
+BOOK_ARGS ?=
+book: $(STAMP)
+	WORKBENCH_SMOKE=$(SMOKE) OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) benchmarks/book.py --out $(BOOK) $(BOOK_ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

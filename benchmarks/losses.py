@@ -34,7 +34,7 @@ def make_slates(B: int, L: int, device: torch.device, seed: int = 0) -> ScoreBat
     valid = torch.rand(B, L, generator=g) > 0.05
     valid[:, 0] = True
     s = s.to(device).requires_grad_(True)
-    return ScoreBatch(student=s, teacher=u.to(device), positive=positive.to(device), valid=valid.to(device))
+    return ScoreBatch(student=s, teacher=u.to(device), positive=positive.to(device), mask=valid.to(device))
 
 
 def time_loss(loss, batch: ScoreBatch, repeat: int, warmup: int) -> float:

@@ -41,7 +41,7 @@ from pathlib import Path
 SMOKE = os.environ.get("WORKBENCH_SMOKE", "0") == "1"  # CI: tiny world, a few dozen steps, seconds
 SEED = 0
 OUT = Path(os.environ.get("WORKBENCH_OUT", "../runs/notebooks"))  # run folders
-FIGURE_DIR = OUT / "figures" if SMOKE else Path("../figures")  # smoke runs never overwrite the real figures
+FIGURE_DIR = OUT / "figures"  # under runs/ (git-ignored); only `make figures` writes the tracked figures/
 WORLD = "smoke" if SMOKE else "default"
 PROFILE = "smoke" if SMOKE else "quick"
 STEPS = 30 if SMOKE else 300  # each student trained here (when the demo's are not there)
@@ -53,7 +53,6 @@ DEMO = None if SMOKE else Path("../runs/demo")  # `make demo`'s folder (its stud
 import numpy as np
 import pandas as pd
 import torch
-from IPython.display import display
 
 from workbench.evaluation.slates import build_eval_slates, slate_scores
 from workbench.experiments import WORLD_PRESETS, open_workspace
@@ -72,6 +71,7 @@ from workbench.findings.distributions import (
 from workbench.findings.plots import save_figure
 from workbench.findings.verdicts import RULES
 from workbench.interactive import ScoreExplorer
+from workbench.interactive.figure_view import show_figure, show_table
 from workbench.io import read_json
 from workbench.training.checkpoint import load_student
 from workbench.training.config import LossTerm, profile
@@ -123,7 +123,7 @@ assert all(torch.allclose(scores[d]["itc"], slates[d].student, atol=1e-5) for d 
 
 # %%
 table = distribution_table(slates["i2t"], scores["i2t"], temperature=TEMPERATURE)
-display(table.round(3))
+show_table(table.round(3), smoke=SMOKE)
 prob_easy, itc_easy = table.loc[("teacher probability", "easy")], table.loc[("student itc logit", "easy")]
 print(f"easy negatives: teacher probabilities within 5% of 0 or 1: {prob_easy.mass_extremes:.1%} "
       f"(skewness {prob_easy.skewness:.1f}); ITC student logits: skewness {itc_easy.skewness:.2f}, "
@@ -142,7 +142,7 @@ views = {}
 for model, view in ((TEACHER, "logit"), (TEACHER, "probability"), ("itc", "logit")):
     x, _, label = score_view(slates["i2t"], scores["i2t"], model, view, TEMPERATURE)
     views[label] = grouped_values(x, labels)
-hist, qq = fp.score_histograms(views), fp.qq_plots(views)
+hist, qq = show_figure(fp.score_histograms(views), smoke=SMOKE), show_figure(fp.qq_plots(views), smoke=SMOKE)
 paths = save_figure(hist, "score_distributions_histograms", (FIGURE_DIR,))
 paths += save_figure(qq, "score_distributions_qq", (FIGURE_DIR,))
 assert all(p.stat().st_size > 0 for p in paths)
@@ -158,7 +158,7 @@ assert all(p.stat().st_size > 0 for p in paths)
 
 # %%
 views_table = teacher_view_table(slates["i2t"], temperature=TEMPERATURE)
-display(views_table.round(3))
+show_table(views_table.round(3), smoke=SMOKE)
 entropy = views_table.softmax_entropy
 assert views_table.loc["tempered", "order_tau"] == 1.0 and views_table.loc["probability", "order_tau"] > 0.99
 assert entropy["probability"] - entropy["logit"] > 0.2, "the KL target should change with the teacher's scale"
@@ -180,7 +180,7 @@ for name, s in scores["i2t"].items():
     rows[name] = {"skewness (easy)": stats.skewness, "excess kurtosis (easy)": stats.excess_kurtosis,
                   "std (easy)": float(easy_vals.std()), "tau with teacher (hard)": float(np.nanmean(tau))}
 students_table = pd.DataFrame.from_dict(rows, orient="index")
-display(students_table.round(3))
+show_table(students_table.round(3), smoke=SMOKE)
 assert students_table["tau with teacher (hard)"].between(-1, 1).all()
 
 # %% [markdown]
@@ -224,9 +224,10 @@ findings_path = DEMO / "findings.json" if DEMO is not None else None
 if findings_path is not None and findings_path.is_file():
     findings = read_json(findings_path)
     f1 = findings["finding1"]
-    display(pd.DataFrame(f1["kd_rsum"]).T.round(1).rename_axis("RSUM (test, semantic)"))
-    display(pd.DataFrame({m: {v: f"{s['mean']:.1f} ± {s['std']:.1f}" for v, s in d.items()}
-                          for m, d in f1["scale_check"].items()}).T.rename_axis("RSUM by teacher view"))
+    show_table(pd.DataFrame(f1["kd_rsum"]).T.round(1).rename_axis("RSUM (test, semantic)"), smoke=SMOKE)
+    show_table(pd.DataFrame({m: {v: f"{s['mean']:.1f} ± {s['std']:.1f}" for v, s in d.items()}
+                             for m, d in f1["scale_check"].items()}).T.rename_axis("RSUM by teacher view"),
+               smoke=SMOKE)
     print(f"verdict: Finding 1 {'holds' if findings['verdicts']['finding1'] else 'does not hold'} here.\n"
           f"rule: {RULES['finding1']}")
 else:

@@ -47,7 +47,7 @@ from pathlib import Path
 SMOKE = os.environ.get("WORKBENCH_SMOKE", "0") == "1"  # CI: tiny world, a few dozen steps, seconds
 SEED = 0
 OUT = Path(os.environ.get("WORKBENCH_OUT", "../runs/notebooks"))  # run folders
-FIGURE_DIR = OUT / "figures" if SMOKE else Path("../figures")  # smoke runs never overwrite the real figures
+FIGURE_DIR = OUT / "figures"  # under runs/ (git-ignored); only `make figures` writes the tracked figures/
 WORLD = "smoke" if SMOKE else "default"
 PROFILE = "smoke" if SMOKE else "quick"
 STEPS = 40 if SMOKE else 300  # the ITC student trained here (when the demo's is not there)
@@ -57,7 +57,6 @@ DEMO = None if SMOKE else Path("../runs/demo")  # `make demo`'s folder (its ITC 
 # %%
 import numpy as np
 import pandas as pd
-from IPython.display import display
 
 from workbench.evaluation.slates import build_eval_slates
 from workbench.experiments import WORLD_PRESETS, open_workspace
@@ -68,6 +67,7 @@ from workbench.findings.agreement import agreement_summary, agreement_table, agr
 from workbench.findings.plots import save_figure
 from workbench.findings.verdicts import RULES
 from workbench.interactive import QueryViewer, query_frame
+from workbench.interactive.figure_view import show_figure, show_table
 from workbench.io import read_json
 from workbench.training.checkpoint import load_student
 from workbench.training.config import profile
@@ -108,10 +108,11 @@ args = {d: (sl.teacher.numpy(), sl.student.numpy(), sl.relevance.numpy(), sl.har
         for d, sl in slates.items()}
 summaries = {d: agreement_summary(*a) for d, a in args.items()}
 agreement = agreement_table(summaries)
-display(agreement.round(3))
+show_table(agreement.round(3), smoke=SMOKE)
 for d in slates:
     fig = fp.tau_violins(agreement_taus(*args[d]))
     fig.axes[0].set_title(f"{d}: per-query Kendall tau over hard and easy negatives", fontsize=9)
+    show_figure(fig, smoke=SMOKE)
     paths = save_figure(fig, f"hard_vs_easy_tau_{d}", (FIGURE_DIR,))
 teacher_truth = agreement.xs("teacher_relevance", level="pair")["mean"]
 print("teacher vs truth, mean tau:", {f"{d} {w}": round(v, 3) for (d, w), v in teacher_truth.items()})
@@ -131,7 +132,7 @@ assert all(teacher_truth[(d, "hard")] > 0 for d in slates), "the teacher's order
 
 # %%
 pairs = window_table(slates)
-display(pairs.round(3))
+show_table(pairs.round(3), smoke=SMOKE)
 for d in slates:
     hard, easy = pairs.loc[(d, "hard")], pairs.loc[(d, "easy")]
     print(f"{d}: the truth can order {hard.informative:.0%} of hard-negative pairs vs {easy.informative:.0%} of easy "
@@ -170,7 +171,7 @@ assert list(neg.relevance) == sorted(neg.relevance, reverse=True)
 c["direction"].value = "t2i"
 assert c["query"].max == len(slates["t2i"].student) - 1 and viewer.view.error.value == ""
 c["direction"].value, c["window"].value, c["order"].value = "i2t", "hard", "teacher"
-fig = viewer.view.draw(**viewer.view.values)
+fig = show_figure(viewer.view.draw(**viewer.view.values), smoke=SMOKE)  # the viewer's figure, for static copies
 paths = save_figure(fig, "hard_vs_easy_query", (FIGURE_DIR,))
 table = query_frame(slates["i2t"], test, 3, "hard", "teacher")
 assert table.equals(viewer.frame) and paths[0].stat().st_size > 0
@@ -187,7 +188,7 @@ findings_path = DEMO / "findings.json" if DEMO is not None else None
 if findings_path is not None and findings_path.is_file():
     findings = read_json(findings_path)
     ablation = findings["finding2"]["ablation_rsum"]
-    display(pd.DataFrame(ablation).T.round(1).rename_axis("ListMLE over ... (RSUM, test, semantic)"))
+    show_table(pd.DataFrame(ablation).T.round(1).rename_axis("ListMLE over ... (RSUM, test, semantic)"), smoke=SMOKE)
     print(f"verdict: Finding 2 {'holds' if findings['verdicts']['finding2'] else 'does not hold'} here.\n"
           f"rule: {RULES['finding2']}")
 else:

@@ -36,7 +36,7 @@ from pathlib import Path
 SMOKE = os.environ.get("WORKBENCH_SMOKE", "0") == "1"  # CI: tiny world, scripted clicks, seconds
 SEED = 0
 OUT = Path(os.environ.get("WORKBENCH_OUT", "../runs/notebooks"))  # run folders
-FIGURE_DIR = OUT / "figures" if SMOKE else Path("../figures")  # smoke runs never overwrite the real figures
+FIGURE_DIR = OUT / "figures"  # under runs/ (git-ignored); only `make figures` writes the tracked figures/
 WORLD = "smoke" if SMOKE else "default"
 PROFILE = "smoke" if SMOKE else "quick"
 STEPS = 200 if SMOKE else 600  # smoke: the scripted Stop ends the run long before this
@@ -48,11 +48,11 @@ SEED_STEPS = 10 if SMOKE else 300
 import json
 
 import torch
-from IPython.display import display
 
 from workbench.experiments import WORLD_PRESETS, RunSpec, load_run, open_workspace, train_runs_batched
 from workbench.findings.plots import save_figure
 from workbench.interactive import TrainPanel
+from workbench.interactive.figure_view import show_figure
 from workbench.interactive.train_panel import curves_figure
 from workbench.training.checkpoint import load_student
 from workbench.training.config import LossTerm, profile
@@ -122,8 +122,8 @@ print(" \\\n    ".join(cli))
 
 # %%
 fig = curves_figure(run["history"], run["history"], cfg.steps)
+show_figure(fig, smoke=SMOKE)
 paths = save_figure(fig, "train_with_cprd_history", (FIGURE_DIR,))
-display(fig)
 assert paths[0].is_file() and len(run["history"]) >= 1
 
 # %% [markdown]

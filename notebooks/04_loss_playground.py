@@ -17,17 +17,19 @@
 # # 04 · The loss playground: CPRD's anatomy on one batch
 #
 # In this notebook we take Contrastive Partial Ranking Distillation apart on **one cached training batch**:
-# a student's in-batch scores, its mined hard negatives, and the teacher's scores for them. Sliders for K, the
-# temperature T, the validity rule (its threshold θ or its M) and the weight λ update, live and without
-# retraining:
+# a student's in-batch scores, its mined hard negatives, and the teacher's scores for them. The distillation loss
+# is chosen from a dropdown (any registered loss, CPRD by default); sliders for K, the weight λ and the loss's own
+# hyperparameters (for CPRD: the temperature T, the validity rule and its threshold θ or its M; built from the
+# registry's declared types and ranges) update, live and without retraining:
 #
 # - the loss value `L = L_ITC + λ · L_CPRD` (each term averaged over image→text and text→image, as the trainer does),
 # - a heatmap of the **per-pair gradient weights** `−∂L/∂s` on every slate entry (autograd),
 # - the **implied target order**: the teacher's order over the *valid* hard negatives; invalid ones are greyed,
 #   because CPRD only asks them to sit below every valid one, in no particular order.
 #
-# Then we write a new loss in a cell, register it, and compare it with the others: loss values on the cached
-# batch, and a short training run each.
+# Then we write a new loss in a cell, register it, drive it from the same playground, and compare it with the
+# others: loss values on the cached batch, and a short training run each. In smoke mode (`WORKBENCH_SMOKE=1`) the
+# student is barely trained, so its numbers only show that the code runs; every figure and table says so.
 #
 # Recall (docs/method.md), per query with teacher-ordered valid negatives `c_1 … c_J` among its K mined ones:
 #
@@ -44,7 +46,7 @@ from pathlib import Path
 SMOKE = os.environ.get("WORKBENCH_SMOKE", "0") == "1"  # CI: tiny world, a few dozen steps, seconds
 SEED = 0
 OUT = Path(os.environ.get("WORKBENCH_OUT", "../runs/notebooks"))  # run folders
-FIGURE_DIR = OUT / "figures" if SMOKE else Path("../figures")  # smoke runs never overwrite the real figures
+FIGURE_DIR = OUT / "figures"  # under runs/ (git-ignored); only `make figures` writes the tracked figures/
 WORLD = "smoke" if SMOKE else "default"
 ITC_STEPS = 40 if SMOKE else 600  # the student whose batch we cache (ITC only)
 BATCH = 32 if SMOKE else 64  # the cached batch: BATCH images with one caption each
@@ -54,12 +56,13 @@ RUN_STEPS = 6 if SMOKE else 300  # each comparison run at the end
 import math
 
 import torch
-from IPython.display import display
 
 from workbench.experiments import WORLD_PRESETS, open_workspace
 from workbench.findings.plots import save_figure
+from workbench.interactive.figure_view import show_figure, show_table
 from workbench.interactive.loss_playground import LossPlayground, gradient_heatmap
 from workbench.interactive.playground import (
+    DIRECTIONS_NOTE,
     Settings,
     cache_batch,
     compare_losses,
@@ -107,10 +110,12 @@ assert torch.isfinite(cached.teacher_logit).all() and cached.max_k() >= 4
 #   probability), `top` (the teacher's first M), `all` (ListMLE over the slate).
 # - **λ** scales the distillation term next to ITC; **T** sharpens (T < 1) or flattens each step's softmax.
 # - **heatmap of**: the gradient of λ·CPRD alone, of ITC alone, or of their sum. Red = the objective pushes the
-#   student's score up; numbered, outlined cells are the valid negatives in their target order.
+#   student's score up; numbered, outlined cells are the valid negatives in their target order. When no negative
+#   is valid (e.g. θ above every teacher score), the widget says so in words instead of drawing an empty map.
+# - **distillation loss**: any registered loss; its hyperparameters replace CPRD's sliders.
 
 # %%
-playground = LossPlayground(cached, Settings(k=8, validity="top", m=3, lam=1.0))
+playground = LossPlayground(cached, Settings.of(k=8, validity="top", m=3, lam=1.0), smoke=SMOKE)
 playground
 
 # %% [markdown]
@@ -141,9 +146,9 @@ print(f"L = {playground.value:.4f} (ITC {playground.result.itc:.4f}, CPRD {playg
 # that both valid and invalid negatives exist.
 
 # %%
-mined = objective(cached, Settings(k=8, validity="all")).directions["i2t"].batch
+mined = objective(cached, Settings.of(k=8, validity="all")).directions["i2t"].batch
 theta = round(float(mined.teacher[mined.negative].quantile(0.7)), 2)
-base = Settings(k=8, validity="threshold", threshold=theta, lam=1.0)
+base = Settings.of(k=8, validity="threshold", threshold=theta, lam=1.0)
 cprd_all = objective(cached, base.with_(validity="all")).distill
 listmle = objective(cached, base, get_loss("listmle")).distill
 print(f"CPRD(all) = {cprd_all:.6f}   ListMLE = {listmle:.6f}")
@@ -164,14 +169,14 @@ assert torch.allclose(result.grad_distill.sum(1), torch.zeros(cached.size), atol
 
 # %%
 table = implied_order(cached, base, result, query=0)
-display(table.round(3))
+show_table(table.round(3), smoke=SMOKE)
 assert table.role.iloc[0] == "positive" and list(table.target.dropna()) == list(range(1, int(valid[0].sum()) + 1))
 
 # %%
-ax = gradient_heatmap(objective(cached, Settings(k=8, validity="top", m=3)).directions["i2t"],
-                      Settings(k=8, validity="top", m=3))
+ax = gradient_heatmap(objective(cached, Settings.of(k=8, validity="top", m=3)).directions["i2t"],
+                      Settings.of(k=8, validity="top", m=3))
+show_figure(ax.figure, smoke=SMOKE)  # built outside pyplot: shown as a PNG by show_figure
 paths = save_figure(ax.figure, "loss_playground_gradients", (FIGURE_DIR,))
-display(ax.figure)
 assert paths[0].stat().st_size > 0
 
 # %% [markdown]
@@ -194,13 +199,24 @@ def anchored_cprd(batch: ScoreBatch, *, m: int = 4, temperature: float = 1.0) ->
 
 
 assert "anchored_cprd" in list_losses()
-top3 = Settings(k=8, validity="top", m=3)
+top3 = Settings.of(k=8, validity="top", m=3)
 slate = objective(cached, top3).directions["i2t"].batch
 anchored = get_loss("anchored_cprd", m=3)(slate)["distill_loss"]
 summed_cprd = get_loss("cprd", validity="top", m=3, normalize="none")  # the sum of its steps, like anchored_cprd
 parts = get_loss("infonce")(slate)["itc_loss"] + summed_cprd(slate)["distill_loss"]
-print(f"anchored CPRD {anchored:.5f} = slate ITC + CPRD(top 3) {parts:.5f}")
+print(f"i2t alone: anchored CPRD {anchored:.5f} = slate ITC + CPRD(top 3) {parts:.5f}"
+      " (the table below averages i2t and t2i, so its value differs)")
 assert torch.isclose(anchored, parts, rtol=1e-5)
+
+# %% [markdown]
+# The new loss drives the same playground: choose it in the dropdown above, or open a playground on it. Its
+# hyperparameters (`m`, `temperature`) become sliders from their declared types and checks.
+
+# %%
+anchored_playground = LossPlayground(cached, Settings.of(k=8, loss="anchored_cprd", m=3), smoke=SMOKE)
+assert set(anchored_playground.param_controls) == {"m", "temperature"}
+assert math.isclose(anchored_playground.result.distill, objective(cached, top3, get_loss("anchored_cprd", m=3)).distill)
+anchored_playground
 
 # %% [markdown]
 # Every loss as the distillation term on the same cached slates (K = 8, λ = 1). `grad_norm` is the size of the
@@ -211,7 +227,7 @@ losses = {"cprd (top 3)": get_loss("cprd", validity="top", m=3), f"cprd (θ={the
           "listmle": get_loss("listmle"), "ranknet": get_loss("ranknet"), "kl": get_loss("kl"),
           "anchored_cprd": get_loss("anchored_cprd", m=3)}
 values = compare_losses(cached, losses, top3)
-display(values.round(4))
+show_table(values.round(4), smoke=SMOKE, note=f"distill, total: {DIRECTIONS_NOTE}.")
 assert values.distill.notna().all() and (values.grad_norm > 0).all()
 
 # %% [markdown]
@@ -224,7 +240,7 @@ terms = {"itc": None, "itc+cprd": LossTerm("cprd"),  # the defaults: threshold 0
          "itc+listmle": LossTerm("listmle"), "itc+anchored_cprd": LossTerm("anchored_cprd", 1.0, {"m": 3})}
 short = profile("smoke" if SMOKE else "quick", steps=RUN_STEPS, seed=SEED, k=8)
 runs = compare_runs(ws, terms, short, out_dir=OUT / "04", overwrite=True)  # re-running replaces these runs
-display(runs.round(2))
+show_table(runs.round(2), smoke=SMOKE)
 assert list(runs.index) == list(terms) and runs["loss"].map(math.isfinite).all()
 assert (OUT / "04" / "itc+anchored_cprd" / "metrics.json").is_file()
 
@@ -245,4 +261,5 @@ assert (OUT / "04" / "itc+anchored_cprd" / "metrics.json").is_file()
 # 2. With validity `top`, lower T from 1 to 0.1. Will the gradient concentrate on the first valid negative or
 #    spread over all of them? Check with the heatmap.
 # 3. Register a variant that orders only the teacher's *bottom* M hard negatives (the "easy end" of the slate).
-#    Predict its row in the comparison table relative to `cprd (top 3)`, then run the short training.
+#    Predict its row in the comparison table relative to `cprd (top 3)`, drive it from the playground (its
+#    dropdown), then run the short training.

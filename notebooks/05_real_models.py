@@ -50,7 +50,7 @@ from pathlib import Path
 SMOKE = os.environ.get("WORKBENCH_SMOKE", "0") == "1"  # CI: always the tiny stand-ins, seconds
 SEED = 0
 OUT = Path(os.environ.get("WORKBENCH_OUT", "../runs/notebooks"))  # run folders and the teacher-score store
-FIGURE_DIR = OUT / "figures" if SMOKE else Path("../figures")  # only real models' figures go to figures/
+FIGURE_DIR = OUT / "figures"  # under runs/ (git-ignored); only `make figures` writes the tracked figures/
 REAL = {"steps": 500, "batch": 64, "k": 8, "eval_every": 100, "queries": 500, "max_images": None}  # on a GPU
 TINY = {"steps": 4, "batch": 6, "k": 3, "eval_every": 2, "queries": None, "max_images": None}  # the stand-ins
 CPRD_PARAMS = {"validity": "top", "m": 4}  # the demo's rule; or {"validity": "threshold", "threshold": 0.5}
@@ -63,13 +63,13 @@ import sys
 import numpy as np
 import pandas as pd
 import torch
-from IPython.display import display
 
 from workbench.experiments import open_karpathy_workspace, train_run
 from workbench.experiments.workspace import REAL_FIT_DEFAULTS
 from workbench.findings import figures as fp
 from workbench.findings.distributions import describe
 from workbench.findings.plots import image_grid, save_figure
+from workbench.interactive.figure_view import show_figure, show_table
 from workbench.interactive.real_models import RealSources, real_score_groups, real_sources, thumbnails
 from workbench.io import read_json
 from workbench.training.config import FitConfig, LossTerm
@@ -92,7 +92,7 @@ if SMOKE or not sources.ready:
                           str(save_tiny_clip(tiny / "clip")), tiny=True)
 RUN = TINY if sources.tiny else REAL
 DEVICE = "cpu" if sources.tiny else "auto"  # auto: CUDA when there is one
-figure_dir = FIGURE_DIR if not sources.tiny else OUT / "figures"  # random models' figures stay out of figures/
+figure_dir = FIGURE_DIR  # under runs/, real or tiny models alike
 print(sources.explain())
 assert sources.ready and sources.karpathy_json.is_file() and sources.image_root.is_dir()
 
@@ -113,10 +113,10 @@ card = ws.protocol_card("test")
 print(card.text())
 sizes = pd.DataFrame({name: {"images": ws.data.split(name).num_images, "captions": ws.data.split(name).num_captions}
                       for name in ("train", "val", "test")}).T
-display(sizes)
+show_table(sizes, smoke=SMOKE)
 shown = list(range(min(4, test.num_images)))
 captions = [[test.texts[c] for c in torch.nonzero(test.caption_image == i).flatten().tolist()] for i in shown]
-grid = image_grid(thumbnails(test, shown), captions)  # shown here only: dataset images are not written to figures/
+grid = show_figure(image_grid(thumbnails(test, shown), captions), smoke=SMOKE)  # shown only, never saved
 assert card.num_images == test.num_images and test.num_captions == test.captions_per_image * test.num_images
 
 # %% [markdown]
@@ -139,7 +139,7 @@ with torch.no_grad():
     s = (student.logit_scale * img @ txt.T)[0].float().cpu()
 pairs = pd.DataFrame({"caption": [test.texts[c] for c in cands.tolist()], "own": [True] * len(own) + [False] * len(
     others), "teacher log-odds": u.numpy(), "teacher probability": prob.numpy(), "student logit": s.numpy()})
-display(pairs.round(3))
+show_table(pairs.round(3), smoke=SMOKE)
 assert torch.isfinite(u).all() and torch.isfinite(s).all() and len(pairs) == len(own) + len(others)
 
 # %% [markdown]
@@ -155,8 +155,9 @@ groups = real_score_groups(student, lambda i, c: scores(i, c)[0], test, k_hard=R
 shape = pd.DataFrame({(view, group): {k: describe(v, bounds=(0, 1) if "probability" in view else None)[k]
                                       for k in ("n", "mean", "std", "skewness", "mass_extremes")}
                       for view, by_group in groups.items() for group, v in by_group.items()}).T
-display(shape.round(3))
-paths = save_figure(fp.score_histograms(groups), "real_models_score_distributions", (figure_dir,))
+show_table(shape.round(3), smoke=SMOKE)
+paths = save_figure(show_figure(fp.score_histograms(groups), smoke=SMOKE), "real_models_score_distributions",
+                    (figure_dir,))
 n_queries = test.num_images if RUN["queries"] is None else min(RUN["queries"], test.num_images)
 assert len(groups["student logit"]["positive"]) == n_queries * test.captions_per_image and paths[0].is_file()
 
@@ -184,7 +185,7 @@ def row(metrics: dict) -> dict[str, float]:
 
 
 results = pd.DataFrame({"zero-shot": row(before), "ITC + CPRD": row(after)}).T
-display(results.round(1))
+show_table(results.round(1), smoke=SMOKE)
 history = read_json(run_dir / "history.json")
 print(f"{len(history)} evaluations; last: " + ", ".join(f"{k} {v:.3f}" for k, v in history[-1].items()
                                                        if k.endswith("_loss")))

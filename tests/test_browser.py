@@ -190,6 +190,8 @@ def attempt(browser, url: str, shots: Path) -> tuple[str, str]:
         run_all(page)
         wait_all_executed(page)
         page.wait_for_selector(".wb-loss-total", timeout=30_000)
+        pngs = page.locator(".jp-OutputArea-output[data-mime-type='image/png'] img")
+        assert pngs.count() >= 1, "the figure cell (show_figure) shows no image/png output in the browser"
         before = loss_text(page)
         drag_slider(page, "λ", 60)
         page.wait_for_function(

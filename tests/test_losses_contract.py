@@ -54,7 +54,7 @@ def test_gradients_reach_student_only(name):
 def test_padding_is_ignored(name, seed):
     slates = random_slates(seed)
     value, grad = run(name, slates)
-    pad = ~slates["valid"]
+    pad = ~slates["mask"]
     assert not grad[pad].any()  # NaN in the padding reaches no gradient
     junk = dict(slates, student=slates["student"].masked_fill(pad, 1e6), teacher=slates["teacher"].masked_fill(pad, 7))
     value2, grad2 = run(name, junk)
@@ -70,7 +70,7 @@ def test_padding_columns_change_nothing(name):
         "student": torch.full((B, 3), float("inf"), dtype=torch.float64),
         "teacher": torch.full((B, 3), float("nan"), dtype=torch.float64),
         "positive": torch.tensor([[True, False, True]]).expand(B, 3),
-        "valid": torch.zeros(B, 3, dtype=torch.bool),
+        "mask": torch.zeros(B, 3, dtype=torch.bool),
     }
     wide = {k: torch.cat([v[:, :4], extra[k], v[:, 4:]], dim=1) for k, v in slates.items()}
     value, grad = run(name, slates)
@@ -85,7 +85,7 @@ def test_positives_are_never_negatives(name, seed):
     """Losses that read negatives only: scores at positives never matter, and a positive is as good as absent."""
     slates = random_slates(seed)
     value, grad = run(name, slates)
-    pos = slates["positive"] & slates["valid"]
+    pos = slates["positive"] & slates["mask"]
     assert not grad[pos].any()
     moved = dict(slates, student=slates["student"].masked_fill(pos, 50.0))
     moved["teacher"] = slates["teacher"].masked_fill(pos, 0.99)
@@ -116,9 +116,9 @@ def test_rows_without_negatives_are_finite(name):
         "student": torch.randn(B, L, dtype=torch.float64),
         "teacher": torch.rand(B, L, dtype=torch.float64),
         "positive": torch.ones(B, L, dtype=torch.bool),
-        "valid": torch.tensor([[True] * 4, [True, True, False, False], [False] * 4]),
+        "mask": torch.tensor([[True] * 4, [True, True, False, False], [False] * 4]),
     }
-    nothing = dict(only_pos, valid=torch.zeros(B, L, dtype=torch.bool))
+    nothing = dict(only_pos, mask=torch.zeros(B, L, dtype=torch.bool))
     empty = {k: v[:, :0] for k, v in only_pos.items()}
     for slates in (only_pos, nothing, empty):
         value, grad = run(name, slates)

@@ -10,7 +10,7 @@ from workbench.losses import ScoreBatch
 def random_slates(seed: int, B: int = 6, L: int = 9, *, dtype: torch.dtype = torch.float64) -> dict:
     """Random slates covering the awkward rows, padding filled with NaN (which must never matter).
 
-    Rows: 0 one positive; 1 two positives; 2 positives only (no negatives); 3 nothing valid; 4 negatives all
+    Rows: 0 one positive; 1 two positives; 2 positives only (no negatives); 3 all padding; 4 negatives all
     below the 0.5 threshold (no valid hard negatives); 5+ random. Teacher scores are probabilities, distinct.
     """
     g = torch.Generator().manual_seed(seed)
@@ -26,7 +26,7 @@ def random_slates(seed: int, B: int = 6, L: int = 9, *, dtype: torch.dtype = tor
     u[4] = u[4] * 0.4
     s = s.masked_fill(~valid, float("nan"))
     u = u.masked_fill(~valid, float("nan"))
-    return {"student": s, "teacher": u, "positive": positive, "valid": valid}
+    return {"student": s, "teacher": u, "positive": positive, "mask": valid}
 
 
 def make_batch(slates: dict, *, grad: bool = True, teacher_grad: bool = False) -> ScoreBatch:
@@ -35,7 +35,7 @@ def make_batch(slates: dict, *, grad: bool = True, teacher_grad: bool = False) -
     u = slates["teacher"]
     if u is not None:
         u = u.clone().requires_grad_(teacher_grad)
-    return ScoreBatch(student=s, teacher=u, positive=slates["positive"].clone(), valid=slates["valid"].clone())
+    return ScoreBatch(student=s, teacher=u, positive=slates["positive"].clone(), mask=slates["mask"].clone())
 
 
 def total(terms: dict) -> torch.Tensor:

@@ -20,7 +20,7 @@ def one(name: str, s, u=None, pos=None, valid=None, **kw) -> float:
     u = None if u is None else torch.tensor(u, dtype=torch.float64).reshape(s.shape)
     pos = torch.tensor(pos).reshape(s.shape)
     valid = None if valid is None else torch.tensor(valid).reshape(s.shape)
-    terms = get_loss(name, **kw)(ScoreBatch(student=s, teacher=u, positive=pos, valid=valid))
+    terms = get_loss(name, **kw)(ScoreBatch(student=s, teacher=u, positive=pos, mask=valid))
     return sum(terms.values()).item()
 
 
@@ -161,7 +161,7 @@ def test_cprd_chain_equals_infonce_plus_cprd_on_random_slates():
     """Equal on rows that hold a positive (a chain starts at the positive; rows without one contribute 0)."""
     for seed in range(3):
         slates = random_slates(seed)
-        slates["valid"][:, 0] = True  # every row's positive exists (row 3 was all padding: NaN scores)
+        slates["mask"][:, 0] = True  # every row's positive exists (row 3 was all padding: NaN scores)
         slates["student"][:, 0], slates["teacher"][:, 0] = 1.5, 0.9
         for kw in ({"validity": "top", "m": 3}, {"validity": "all"}, {"validity": "threshold", "threshold": 0.4}):
             chain = loss_value("cprd_chain", slates, normalize="none", **kw)
@@ -373,7 +373,7 @@ def test_mse_standardized_ignores_affine_teacher_changes_per_row():
 
 def test_listnet_is_kl_over_the_negatives_plus_the_teacher_entropy():
     slates = dict(random_slates(4), positive=torch.zeros(6, 9, dtype=torch.bool))  # every valid entry a negative
-    u, valid = slates["teacher"], slates["valid"]
+    u, valid = slates["teacher"], slates["mask"]
     p = torch.softmax(torch.where(valid, u, float("-inf")), dim=-1)
     entropy = torch.where(valid, -p * p.log(), 0.0).sum(dim=-1).nan_to_num().mean()
     torch.testing.assert_close(loss_value("listnet", slates), loss_value("kl", slates) + entropy)
@@ -397,7 +397,7 @@ def test_kl_and_mse_ignore_the_positive_mask():
 
 def test_cprd_normalize_steps_divides_each_row_by_its_steps():
     slates = random_slates(3)
-    steps = ((slates["teacher"] >= 0.5) & slates["valid"] & ~slates["positive"]).sum(dim=1)  # J per row
+    steps = ((slates["teacher"] >= 0.5) & slates["mask"] & ~slates["positive"]).sum(dim=1)  # J per row
     assert (steps >= 2).any() and (steps == 0).any()
     for i, J in enumerate(steps.tolist()):
         row = {k: v[i : i + 1] for k, v in slates.items()}

@@ -17,6 +17,8 @@ import jupytext
 import pytest
 from nbclient import NotebookClient
 
+from workbench.interactive.figure_view import SMOKE_NOTE
+
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9]*.py"))
 SMOKE_SWITCH = 'SMOKE = os.environ.get("WORKBENCH_SMOKE", "0") == "1"'
@@ -53,6 +55,9 @@ def test_notebook_layout(path: Path):
     assert "## Summary" in tail and "## Exercises" in tail
     exercises = tail.split("## Exercises", 1)[1]
     assert 2 <= len(re.findall(r"^# ?\d\.|^\d\.", exercises, flags=re.M)) <= 3, "2 or 3 exercises"
+    source = "\n".join(c.source for c in code)
+    assert "../figures" not in source and "FIGURES" not in source, "notebook runs write figures under runs/ only"
+    assert not re.search(r"^\s*display\(", source, flags=re.M), "show figures / tables with show_figure / show_table"
 
 
 def test_generated_notebooks_are_git_ignored():
@@ -71,3 +76,22 @@ def test_notebook_runs_in_smoke_mode(path: Path, tmp_path: Path, monkeypatch: py
     client.execute()
     errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
+    check_figures_and_tables(nb)
+
+
+def output_data(cell) -> list[dict]:
+    return [o.get("data", {}) for o in cell.get("outputs", []) if o.get("output_type") in ("display_data",
+                                                                                          "execute_result")]
+
+
+def check_figures_and_tables(nb) -> None:
+    """Every cell that shows a figure has an ``image/png`` output (a PNG, not ``<Figure size ...>``); in smoke mode
+    every figure shown carries the smoke note (checked in ``test_widgets``) and every table a line saying so."""
+    for n, cell in enumerate(c for c in nb.cells if c.cell_type == "code"):
+        data = output_data(cell)
+        if "show_figure(" in cell.source:
+            assert any("image/png" in d for d in data), f"code cell {n} shows a figure but has no image/png output"
+        if "show_table(" in cell.source and data:  # (a table shown only in full mode leaves no output here)
+            assert any(SMOKE_NOTE in d.get("text/html", "") for d in data), f"code cell {n}: table without smoke note"
+        texts = [d.get("text/plain", "") for d in data if "image/png" not in d]
+        assert not any(t.startswith("<Figure size") for t in texts), f"code cell {n} shows a figure as text"

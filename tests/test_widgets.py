@@ -35,6 +35,8 @@ from workbench.interactive.query_viewer import query_frame, query_text
 from workbench.interactive.real_models import real_score_groups, real_sources, thumbnails
 from workbench.io import load_checkpoint, read_json
 from workbench.losses import ScoreBatch, get_loss, register_loss, unregister_loss
+from workbench.losses import in_range as pg_in_range
+from workbench.losses import positive as pg_positive
 from workbench.training.config import LossTerm, profile
 from workbench.training.loop import StopTraining, fit
 
@@ -89,7 +91,7 @@ def test_cached_batch_rejects_bad_input():
 ])
 def test_settings_name_the_bad_value(change, message):
     with pytest.raises((ValueError, TypeError), match=message):
-        pg.Settings(**change)
+        pg.Settings.of(**change)
 
 
 # ------------------------------------------------------------------------------------- objective: oracles
@@ -116,9 +118,9 @@ def naive_itc(s: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("settings", [
-    pg.Settings(k=4, validity="threshold", threshold=0.0, temperature=0.7, lam=0.5),
-    pg.Settings(k=6, validity="top", m=2, lam=2.0, teacher_output="probability"),
-    pg.Settings(k=3, validity="all"),
+    pg.Settings.of(k=4, validity="threshold", threshold=0.0, temperature=0.7, lam=0.5),
+    pg.Settings.of(k=6, validity="top", m=2, lam=2.0, teacher_output="probability"),
+    pg.Settings.of(k=3, validity="all"),
 ])
 def test_objective_matches_a_naive_loop_in_value_and_gradient(settings):
     cached = random_cached()
@@ -131,7 +133,7 @@ def test_objective_matches_a_naive_loop_in_value_and_gradient(settings):
         slate_s, slate_u = s.gather(1, cols), u.gather(1, cols)
         ordered = pg.ordered_negatives(res.batch, settings)
         itc = naive_itc(s, cached.oriented(d, "positive"))
-        cprd = naive_cprd(slate_s, slate_u, ordered, res.batch.negative, settings.temperature)
+        cprd = naive_cprd(slate_s, slate_u, ordered, res.batch.negative, settings.params["temperature"])
         assert math.isclose(res.itc, itc.item(), rel_tol=1e-9) and math.isclose(res.distill, cprd.item(), rel_tol=1e-9)
         g_itc, g_cprd = (torch.autograd.grad(v, s, retain_graph=True)[0].gather(1, cols) for v in (itc, cprd))
         torch.testing.assert_close(res.grad_itc, torch.where(res.batch.mask, g_itc, 0.0))
@@ -143,7 +145,7 @@ def test_objective_matches_a_naive_loop_in_value_and_gradient(settings):
 
 def test_validity_all_equals_listmle_and_invalid_negatives_are_only_pushed_down():
     cached = random_cached(seed=3)
-    s = pg.Settings(k=7, validity="all")
+    s = pg.Settings.of(k=7, validity="all")
     assert math.isclose(pg.objective(cached, s).distill, pg.objective(cached, s, get_loss("listmle")).distill,
                         rel_tol=1e-12)
     res = pg.objective(cached, s.with_(validity="threshold", threshold=0.0)).directions["t2i"]
@@ -159,7 +161,7 @@ def test_a_loss_without_grad_gives_zero_gradients():
         return {"distill_loss": torch.tensor(1.5)}
 
     try:
-        res = pg.objective(random_cached(), pg.Settings(k=3), get_loss("constant_for_test")).directions["i2t"]
+        res = pg.objective(random_cached(), pg.Settings.of(k=3), get_loss("constant_for_test")).directions["i2t"]
         assert res.distill == 1.5 and not res.grad_distill.any()
     finally:
         unregister_loss("constant_for_test")
@@ -167,7 +169,7 @@ def test_a_loss_without_grad_gives_zero_gradients():
 
 def test_implied_order_lists_valid_negatives_in_teacher_order_then_the_invalid_ones():
     cached = random_cached(seed=5)
-    settings = pg.Settings(k=6, validity="threshold", threshold=0.0)
+    settings = pg.Settings.of(k=6, validity="threshold", threshold=0.0)
     res = pg.objective(cached, settings).directions["i2t"]
     for q in range(cached.size):
         table = pg.implied_order(cached, settings, res, q)
@@ -192,14 +194,14 @@ def test_order_agreement_by_hand():
     res = pg.DirectionResult("i2t", torch.arange(4)[None], ScoreBatch(student=s, positive=positive, teacher=u),
                              torch.zeros(1, 4), torch.zeros(1, 4), 0.0, 0.0, 1.0)
     # teacher: 2 > 3 > 1; student: 1 > 2 > 3 -> pairs (2,3) agree, (2,1) and (3,1) disagree
-    assert math.isclose(pg.order_agreement(res, pg.Settings(validity="all")), 1 / 3)
-    assert math.isnan(pg.order_agreement(res, pg.Settings(validity="top", m=1)))  # one valid: no pair
+    assert math.isclose(pg.order_agreement(res, pg.Settings.of(validity="all")), 1 / 3)
+    assert math.isnan(pg.order_agreement(res, pg.Settings.of(validity="top", m=1)))  # one valid: no pair
 
 
 def test_compare_losses_rows_follow_their_losses():
     cached = random_cached()
-    s = pg.Settings(k=5, validity="all")
-    table = pg.compare_losses(cached, {"cprd": s.loss(), "listmle": get_loss("listmle"), "kl": get_loss("kl")}, s)
+    s = pg.Settings.of(k=5, validity="all")
+    table = pg.compare_losses(cached, {"cprd": s.make_loss(), "listmle": get_loss("listmle"), "kl": get_loss("kl")}, s)
     assert list(table.index) == ["cprd", "listmle", "kl"]
     assert math.isclose(table.loc["cprd", "distill"], table.loc["listmle", "distill"])
     assert math.isclose(table.loc["kl", "distill"], pg.objective(cached, s, get_loss("kl")).distill)
@@ -256,7 +258,7 @@ def test_compare_runs_trains_each_term_and_writes_cli_runs(ws, tmp_path):
 
 def test_loss_playground_redraws_when_a_slider_moves():
     cached = random_cached(B=12)
-    play = LossPlayground(cached, pg.Settings(k=4, validity="top", m=2))
+    play = LossPlayground(cached, pg.Settings.of(k=4, validity="top", m=2))
     c = play.controls
     assert all(w.continuous_update is False for w in c.values() if hasattr(w, "continuous_update"))
     value, png, order = play.value, play.heatmap.value, play.order_html.value
@@ -274,7 +276,7 @@ def test_loss_playground_redraws_when_a_slider_moves():
 
 def test_loss_playground_shows_only_the_active_rule_and_converts_threshold_units():
     cached = random_cached(B=12)
-    play = LossPlayground(cached, pg.Settings(k=6, validity="threshold", threshold=0.3))
+    play = LossPlayground(cached, pg.Settings.of(k=6, validity="threshold", threshold=0.3))
     c = play.controls
     assert c["threshold"].layout.display == "" and c["m"].layout.display == "none"
     n_valid = [int(pg.ordered_negatives(r.batch, play.settings).sum()) for r in play.result.directions.values()]
@@ -288,7 +290,7 @@ def test_loss_playground_shows_only_the_active_rule_and_converts_threshold_units
 
 def test_loss_playground_clamps_k_to_what_the_batch_holds():
     cached = random_cached(B=5)
-    play = LossPlayground(cached, pg.Settings(k=30))
+    play = LossPlayground(cached, pg.Settings.of(k=30))
     assert play.settings.k == cached.max_k() == 3 and play.controls["k"].max == 3
 
 
@@ -720,3 +722,39 @@ def test_query_viewer_follows_its_controls(ws):
     assert f"caption {int(slates['t2i'].queries[5])}" in viewer.header.value
     assert viewer.frame.text[0] == ws.world.test.scenes[viewer.frame.candidate[0]].describe()
     assert "class='wb-query'" in viewer.table.value and "<table" in viewer.table.value
+
+
+def test_loss_playground_drives_any_registered_loss_with_sliders_from_the_registry():
+    @register_loss("scaled_for_test", checks={"scale": pg_positive(), "share": pg_in_range(0.0, 1.0)})
+    def scaled(batch: ScoreBatch, *, scale: float = 2.0, share: float = 0.5, steps: int = 3,
+               mode: Literal["a", "b"] = "a") -> dict[str, torch.Tensor]:
+        """A test loss: scale x share x the mean student score on the negatives."""
+        return {"distill_loss": scale * share * batch.student[batch.negative].mean()}
+
+    try:
+        play = LossPlayground(random_cached(B=12), pg.Settings.of(k=4, validity="top", m=2))
+        assert "scaled_for_test" in play.controls["loss"].options
+        play.controls["loss"].value = "scaled_for_test"
+        c = play.controls
+        assert set(play.param_controls) == {"scale", "share", "steps", "mode"} and "validity" not in c
+        assert type(c["scale"]).__name__ == "FloatLogSlider" and c["scale"].value == 2.0
+        assert (c["share"].min, c["share"].max) == (0.0, 1.0) and type(c["steps"]).__name__ == "IntSlider"
+        assert list(c["mode"].options) == ["a", "b"]
+        value = play.value
+        c["scale"].value = 4.0
+        assert play.settings.params["scale"] == 4.0 and play.value != value
+        widths = {w.layout.width for w in (c["k"], c["lam"], c["scale"], c["share"], c["steps"])}
+        assert widths == {"360px"}, "every slider has the same width"
+    finally:
+        unregister_loss("scaled_for_test")
+
+
+def test_loss_playground_says_why_nothing_is_selected():
+    cached = random_cached(B=12)
+    top = float(cached.teacher_logit.max()) + 1
+    play = LossPlayground(cached, pg.Settings.of(k=4, validity="threshold", threshold=math.ceil(top)))
+    assert "No valid negatives" in play.empty_html.value and "Lower θ" in play.empty_html.value
+    assert "no pair of ordered negatives to compare" in play.loss_html.value and "–" not in play.loss_html.value
+    assert "mean of i2t and t2i" in play.loss_html.value
+    play.controls["validity"].value = "all"
+    assert play.empty_html.value == ""

@@ -221,7 +221,7 @@ def slate_pushes(batch: ScoreBatch, losses: Mapping[str, Callable], *, reference
 def _push(loss: Callable, batch: ScoreBatch) -> torch.Tensor:
     """float [B, L]: ``-dL/ds`` of a loss's objective on the batch (padding 0)."""
     s = batch.student.detach().clone().requires_grad_(True)
-    live = ScoreBatch(student=s, positive=batch.positive, teacher=batch.teacher, valid=batch.valid)
+    live = ScoreBatch(student=s, positive=batch.positive, teacher=batch.teacher, mask=batch.mask)
     value = objective(loss(live))
     grad = torch.autograd.grad(value, s, allow_unused=True)[0] if value.requires_grad else None
     return torch.zeros_like(s) if grad is None else torch.where(batch.mask, -grad, 0.0)

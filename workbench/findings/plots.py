@@ -7,6 +7,7 @@ Every figure the workbench produces goes through :func:`save_figure` into the fo
 from __future__ import annotations
 
 import os
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -37,16 +38,23 @@ def save_figure(fig: plt.Figure, name: str, folders: Sequence[str | Path]) -> li
     return paths
 
 
+CAPTION_PT = 10
+"""Caption font size in the image grids, in points at the saved size (legible on a projector)."""
+
+
 def image_grid(images: torch.Tensor, captions: Sequence[Sequence[str]], ncols: int = 4) -> plt.Figure:
-    """Images float [n, 3, H, W] in [0, 1], each with a list of caption lines under it."""
+    """Images float [n, 3, H, W] in [0, 1], each with a list of caption lines above it (``CAPTION_PT`` points,
+    wrapped to the column's width)."""
     n = len(images)
     nrows = int(np.ceil(n / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.6 * nrows), squeeze=False)
+    titles = ["\n".join(textwrap.fill(line, 38, subsequent_indent="  ") for line in lines) for lines in captions]
+    lines = max((t.count("\n") + 1 for t in titles), default=1)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, (2.8 + 0.19 * lines) * nrows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for i, ax in enumerate(axes.flat[:n]):
         ax.imshow(images[i].permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
-        ax.set_title("\n".join(captions[i]), fontsize=7.5, loc="left")
+        ax.set_title(titles[i], fontsize=CAPTION_PT, loc="left")
         for k in (8, 16):
             ax.axhline(k - 0.5, color="white", lw=0.3, alpha=0.4)
             ax.axvline(k - 0.5, color="white", lw=0.3, alpha=0.4)
@@ -70,8 +78,12 @@ def method_bars(
     return ax
 
 
-def world_figure(split: Split, n: int = 8, *, folders: Sequence[str | Path]) -> list[Path]:
-    """Save ``world_examples.{png,svg}``: the first ``n`` images of a split with their 5 captions."""
+def world_grid(split: Split, n: int = 8) -> plt.Figure:
+    """The first ``n`` images of a split with their 5 captions."""
     captions = [[split.texts[c] for c in (split.caption_image == i).nonzero().flatten().tolist()] for i in range(n)]
-    fig = image_grid(split.images[:n], captions)
-    return save_figure(fig, "world_examples", folders)
+    return image_grid(split.images[:n], captions)
+
+
+def world_figure(split: Split, n: int = 8, *, folders: Sequence[str | Path]) -> list[Path]:
+    """Save ``world_examples.{png,svg}`` (:func:`world_grid`) into ``folders``."""
+    return save_figure(world_grid(split, n), "world_examples", folders)

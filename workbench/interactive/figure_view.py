@@ -6,6 +6,10 @@ JupyterLab, in a headless test (``widget.value`` holds the bytes) and from a tra
 redraws only on release (``continuous_update=False``) or on a button.
 
     view = FigureView(draw, {"k": IntSlider(...)})   # draw(**values) -> matplotlib Figure; redrawn on change
+
+A notebook shows a finished figure with ``show_figure(fig, smoke=SMOKE)`` (an ``image/png`` output whether the
+figure was made by pyplot or not) and a table with ``show_table(df, smoke=SMOKE, note=...)``; in smoke mode both
+say that their numbers only show that the code runs.
 """
 
 from __future__ import annotations
@@ -16,15 +20,21 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import ipywidgets as W
+import matplotlib.pyplot as plt
+import pandas as pd
+from IPython.display import HTML, Image, display
 from matplotlib.figure import Figure
 
 from workbench.losses import loss_spec
-from workbench.losses.cprd import VALIDITY_RULES
 
 SLOW = {"continuous_update": False}
 
 
 WIDE = {"description_width": "initial"}
+LABEL = {"description_width": "140px"}
+SLIDER_WIDTH = "360px"
+SLIDER = {"style": LABEL, "layout": {"width": SLIDER_WIDTH}, **SLOW}
+"""Every slider of a widget: one label width and one track length, redrawn on release."""
 
 
 def figure_png(fig: Figure, dpi: int = 100) -> bytes:
@@ -32,6 +42,39 @@ def figure_png(fig: Figure, dpi: int = 100) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     return buf.getvalue()
+
+
+SMOKE_NOTE = "SMOKE MODE (tiny world, a few steps): these numbers only show that the code runs"
+
+
+def mark_smoke(fig: Figure) -> Figure:
+    """Write ``SMOKE_NOTE`` in red across the top of ``fig`` (once) and return it."""
+    if not getattr(fig, "_wb_smoke", False):
+        fig.text(0.5, 1.0, SMOKE_NOTE, ha="center", va="bottom", color="#b00", fontsize=10, weight="bold")
+        fig._wb_smoke = True
+    return fig
+
+
+def show_figure(fig: Figure, *, smoke: bool = False, dpi: int = 100) -> Figure:
+    """Display ``fig`` as an ``image/png`` output (pyplot or not; pyplot's own copy is closed so it is not shown
+    twice), marked with ``SMOKE_NOTE`` when ``smoke``. Call it before saving, so saved copies carry the mark too."""
+    if not isinstance(fig, Figure):
+        raise TypeError(f"show_figure: fig must be a matplotlib Figure (ax.figure for axes), got {type(fig).__name__}")
+    if smoke:
+        mark_smoke(fig)
+    display(Image(data=figure_png(fig, dpi), format="png"))
+    plt.close(fig)
+    return fig
+
+
+def show_table(table: pd.DataFrame | Any, *, smoke: bool = False, note: str = "") -> None:
+    """Display a table with ``note`` (e.g. which directions its values average) above it, and in smoke mode
+    ``SMOKE_NOTE`` above that."""
+    lines = [f"<b style='color:#b00'>{html.escape(SMOKE_NOTE)}</b>"] if smoke else []
+    lines += [f"<i>{html.escape(note)}</i>"] if note else []
+    if lines:
+        display(HTML("<div class='wb-table-note'>" + "<br>".join(lines) + "</div>"))
+    display(table)
 
 
 def new_figure(width: float, height: float) -> Figure:
@@ -48,8 +91,8 @@ def loss_param_controls(name: str, exclude: Sequence[str] = ()) -> dict[str, W.W
             continue
         if p.choices is not None:
             w = W.Dropdown(options=list(p.choices), value=p.default, description=key)
-        elif p.kind is str and key == "validity":  # CPRD's rule: a live set of names
-            w = W.Dropdown(options=list(VALIDITY_RULES), value=p.default, description=key)
+        elif p.rule is not None and p.rule.choices is not None:  # one_of(...): e.g. CPRD's live set of rules
+            w = W.Dropdown(options=list(p.rule.choices), value=p.default, description=key)
         elif p.kind is bool:
             w = W.Checkbox(value=bool(p.default), description=key, indent=False)
         elif p.kind is int:

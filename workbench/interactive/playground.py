@@ -20,7 +20,7 @@ Everything here is a pure function of tensors and returns tensors, dataclasses o
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +29,8 @@ import torch
 
 from workbench.checks import check_choice, check_float, check_int, check_tensor
 from workbench.data.world import Split
-from workbench.losses import Loss, ScoreBatch, get_loss
-from workbench.losses.cprd import VALIDITY_RULES, valid_negatives
+from workbench.losses import Loss, ScoreBatch, get_loss, loss_spec
+from workbench.losses.cprd import valid_negatives
 from workbench.models.student import DualEncoder
 from workbench.training.batches import sample_pairs
 from workbench.training.config import ITC, FitConfig, LossTerm
@@ -148,42 +148,48 @@ def cache_batch(split: Split, student: DualEncoder, teacher: TeacherFn, *, batch
 
 @dataclass(frozen=True)
 class Settings:
-    """What the playground's sliders set.
+    """What the playground's controls set: the slates (K), the distillation loss and its weight.
 
     Attributes:
         k: hard negatives per query (slate = own positive + K).
-        temperature: CPRD's T (divides the student's logits inside the distillation loss).
-        validity: CPRD's validity rule (a key of ``cprd.VALIDITY_RULES``: threshold, top, all, ...).
-        threshold: the ``threshold`` rule's cut, in the units of ``teacher_output``.
-        m: the ``top`` rule's count.
         lam: λ, the weight of the distillation term next to ITC.
         teacher_output: what the loss sees as u: ``"logit"`` or ``"probability"``.
+        loss: the registered loss used as the distillation term (any name in ``list_losses()``).
+        params: its hyperparameters, validated by the registry; after construction every one is present
+            (defaults filled in), e.g. CPRD's ``validity``, ``threshold`` (in the units of ``teacher_output``),
+            ``m`` and ``temperature``.
+
+    ``Settings.of(k=8, validity="top", m=3)`` is the short spelling (unknown keywords go to ``params``).
     """
 
     k: int = 8
-    temperature: float = 1.0
-    validity: str = "threshold"
-    threshold: float = 0.5
-    m: int = 4
     lam: float = 1.0
     teacher_output: str = "logit"
+    loss: str = "cprd"
+    params: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_int("k", self.k, min_value=1)
-        check_float("temperature", self.temperature, min_value=0.0, strict_min=True)
-        check_choice("validity", self.validity, VALIDITY_RULES)
-        check_float("threshold", self.threshold)
-        check_int("m", self.m, min_value=1)
         check_float("lam", self.lam, min_value=0.0)
         check_choice("teacher_output", self.teacher_output, TEACHER_OUTPUTS)
+        object.__setattr__(self, "params", loss_spec(self.loss).bind(**dict(self.params)))
 
-    def loss(self) -> Loss:
-        """The registry's ``cprd`` bound to these settings."""
-        return get_loss("cprd", validity=self.validity, threshold=self.threshold, m=self.m,
-                        temperature=self.temperature)
+    @classmethod
+    def of(cls, *, k: int = 8, lam: float = 1.0, teacher_output: str = "logit", loss: str = "cprd",
+           **params: Any) -> Settings:
+        """``Settings(k, lam, teacher_output, loss, params)`` with the loss's hyperparameters as keywords."""
+        return cls(k=k, lam=lam, teacher_output=teacher_output, loss=loss, params=params)
+
+    def make_loss(self) -> Loss:
+        """The registry's ``loss`` bound to ``params``."""
+        return get_loss(self.loss, **self.params)
 
     def with_(self, **changes: Any) -> Settings:
-        return replace(self, **changes)
+        """A copy with ``changes``: k / lam / teacher_output / loss by name, anything else a hyperparameter (a new
+        ``loss`` starts from its own defaults)."""
+        own = {k: changes.pop(k) for k in ("k", "lam", "teacher_output", "loss") if k in changes}
+        params = changes if own.get("loss", self.loss) != self.loss else {**self.params, **changes}
+        return replace(self, **own, params=params)
 
 
 # -------------------------------------------------------------------------------------------------- slates
@@ -221,14 +227,43 @@ def slate_batch(s: torch.Tensor, u: torch.Tensor, columns: torch.Tensor, valid: 
     teacher = torch.where(valid, u.gather(1, columns), 0.0)
     positive = torch.zeros_like(valid)
     positive[:, 0] = True
-    return ScoreBatch(student=student, positive=positive, teacher=teacher, valid=valid)
+    return ScoreBatch(student=student, positive=positive, teacher=teacher, mask=valid)
 
 
 def ordered_negatives(batch: ScoreBatch, settings: Settings) -> torch.Tensor:
-    """bool [B, L]: the negatives CPRD orders under ``settings``' validity rule (the "valid" hard negatives)."""
+    """bool [B, L]: the negatives whose teacher order the loss teaches. A loss with a ``validity`` rule (cprd,
+    cprd_chain): the rule's valid hard negatives; another loss that reads only negatives (ranknet, listnet,
+    listmle): every negative; a loss that reads scores rather than orders (infonce, kl, mse, margin_mse): none."""
     neg = batch.negative
-    key = torch.where(neg, batch.require_teacher("cprd").detach(), float("-inf"))
-    return valid_negatives(key, neg, validity=settings.validity, threshold=settings.threshold, m=settings.m)
+    p = settings.params
+    if "validity" in p:
+        key = torch.where(neg, batch.require_teacher(settings.loss).detach(), float("-inf"))
+        rule_args = {k: p[k] for k in ("threshold", "m") if k in p}
+        return valid_negatives(key, neg, validity=p["validity"], **rule_args)
+    if loss_spec(settings.loss).entries == "negatives":
+        return neg
+    return torch.zeros_like(neg)
+
+
+def why_empty(result: DirectionResult, settings: Settings, rows: int) -> str | None:
+    """In words, why the distillation term does nothing on the first ``rows`` queries of ``result`` (no ordered
+    negative, or no gradient at all); ``None`` when it does something there."""
+    batch, p = result.batch, settings.params
+    ordered = ordered_negatives(batch, settings)[:rows]
+    if "validity" in p and not ordered.any():
+        u = batch.teacher[:rows][batch.negative[:rows]]
+        best = f"{float(u.max()):.2f}" if u.numel() else "none (no negatives)"
+        if p["validity"] == "threshold":
+            return (f"No valid negatives in these {rows} {result.direction} queries: the rule 'threshold' keeps a "
+                    f"negative only if the teacher scores it u ≥ θ = {p['threshold']:.2f} ({settings.teacher_output}"
+                    f"), and its highest score on the K = {settings.k} mined negatives is {best}. Lower θ below "
+                    "that, or choose the rule 'top' or 'all'.")
+        return (f"No valid negatives in these {rows} {result.direction} queries under the rule "
+                f"'{p['validity']}': nothing for the teacher to order, so the term has no gradient here.")
+    if not bool(result.grad_distill[:rows].any()):
+        return (f"The term '{settings.loss}' has no gradient on these {rows} {result.direction} queries (its value "
+                f"is {result.distill:.4g} whatever the student's scores).")
+    return None
 
 
 # --------------------------------------------------------------------------------------------- the objective
@@ -284,7 +319,7 @@ def direction_objective(cached: CachedBatch, direction: str, loss: Loss, *, k: i
     distill = sum(loss(batch).values())
     grads = [_slate_grad(value, s, columns, valid) for value in (itc, distill)]
     detached = ScoreBatch(student=batch.student.detach(), positive=batch.positive, teacher=batch.teacher,
-                          valid=batch.valid)
+                          mask=batch.mask)
     return DirectionResult(direction, columns, detached, grads[0], grads[1], itc.item(), distill.item(), lam)
 
 
@@ -299,8 +334,8 @@ def _slate_grad(value: torch.Tensor, s: torch.Tensor, columns: torch.Tensor, val
 
 
 def objective(cached: CachedBatch, settings: Settings, loss: Loss | None = None) -> Objective:
-    """The training objective on the cached batch under ``settings`` (``loss`` replaces CPRD when given)."""
-    loss = loss or settings.loss()
+    """The training objective on the cached batch under ``settings`` (``loss`` replaces ``settings``' when given)."""
+    loss = loss or settings.make_loss()
     out = {d: direction_objective(cached, d, loss, k=settings.k, lam=settings.lam,
                                   teacher_output=settings.teacher_output) for d in DIRECTIONS}
     itc = sum(r.itc for r in out.values()) / 2
@@ -353,8 +388,9 @@ def order_agreement(result: DirectionResult, settings: Settings) -> float:
 def compare_losses(cached: CachedBatch, losses: Mapping[str, Loss], settings: Settings) -> pd.DataFrame:
     """Each loss as the distillation term on the cached slates (K, λ, teacher output from ``settings``).
 
-    Columns: ``distill`` (its value), ``total`` (ITC + λ · distill), ``grad_norm`` (L2 norm of ``∂L/∂s`` on the
-    slates, both directions), ``pull_valid`` (mean ``-∂L/∂s`` on the negatives CPRD's rule calls valid).
+    Columns: ``distill`` (its value) and ``total`` (ITC + λ · distill), each the mean of the i2t and t2i values
+    (``DIRECTIONS_NOTE``); ``grad_norm`` (L2 norm of ``∂L/∂s`` on the slates, both directions), ``pull_valid``
+    (mean ``-∂L/∂s`` on the negatives ``settings``' loss orders, both directions).
     """
     rows = {}
     for name, loss in losses.items():
@@ -367,6 +403,9 @@ def compare_losses(cached: CachedBatch, losses: Mapping[str, Loss], settings: Se
                       "pull_valid": float(pull.mean()) if len(pull) else float("nan")}
     return pd.DataFrame.from_dict(rows, orient="index")
 
+
+DIRECTIONS_NOTE = ("loss values are the mean of the image→text and text→image values (as training averages them); "
+                   "a value printed for one direction alone differs")
 
 RunFn = Callable[..., dict[str, Any]]
 

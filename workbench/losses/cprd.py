@@ -3,7 +3,7 @@
 The student mines its top-K hard negatives per query (elsewhere: a loss never mines); the teacher orders them;
 the student learns the teacher's order over the *valid* hard negatives with InfoNCE-shaped steps.
 
-Formula (per query i; its slate's negatives ``valid & ~positive`` sorted by teacher score u descending, ties:
+Formula (per query i; its slate's negatives ``mask & ~positive`` sorted by teacher score u descending, ties:
 lower slate index first -> c_1 ... c_n; the validity rule picks J <= n)::
 
     l_i = (1 / J) sum_{j=1..J} -log( exp(s[i, c_j] / T) / sum_{k=j..n} exp(s[i, c_k] / T) )
@@ -19,9 +19,9 @@ Invalid negatives only appear in denominators: they must rank below every valid 
 themselves. Add a rule with ``@validity_rule("name")`` on ``fn(key [B, L], negative [B, L], *, <the parameters it
 reads, e.g. threshold or m>) -> valid [B, L]``; ``get_loss("cprd", validity="name")`` accepts it from then on.
 
-Shapes: s, u float [B, L]; positive, valid bool [B, L]. Vectorised, no loop over rows: one ordering of the valid
-negatives (a top-k narrowing then a small stable sort on CPU, a stable sort elsewhere), one gather, one reversed
-``logcumsumexp`` (see ``ranking.plackett_luce_nll``). Teacher scores are data (no gradient).
+Shapes: s, u float [B, L]; positive, mask bool [B, L] (False = padding). Vectorised, no loop over rows: one
+ordering of the valid negatives (a top-k narrowing then a small stable sort on CPU, a stable sort elsewhere), one
+gather, one reversed ``logcumsumexp`` (see ``ranking.plackett_luce_nll``). Teacher scores are data (no gradient).
 
 References:
     Chen, Ma, Zhang et al., "How to Make Cross Encoder a Good Teacher for Efficient Image-Text Retrieval?",

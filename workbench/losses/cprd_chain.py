@@ -18,7 +18,7 @@ Step 0 is InfoNCE of the positive against the whole mined slate (``infonce`` on 
 baseline); steps 1..J are CPRD's. Several positives in one slate enter step 0 together as one event (the
 multi-positive numerator of ``infonce``) and leave the later denominators (the trainer's mined slates hold one).
 
-Shapes: s, u float [B, L]; positive, valid bool [B, L]. Teacher scores are data (no gradient).
+Shapes: s, u float [B, L]; positive, mask bool [B, L]. Teacher scores are data (no gradient).
 
 References:
     Chen, Ma, Zhang et al., "How to Make Cross Encoder a Good Teacher for Efficient Image-Text Retrieval?",
@@ -28,7 +28,7 @@ References:
 Relations:
     With ``normalize="none"`` it equals ``infonce`` + ``cprd(normalize="none")`` on slates where every row holds a
     positive (a row without one contributes 0 here, while ``cprd`` still orders its negatives). It reads the
-    positive (``entries="valid"``), unlike ``cprd``.
+    positive (``entries="all"``), unlike ``cprd``.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from workbench.scores.batch import ScoreBatch
 
 @register_loss(
     "cprd_chain",
-    entries="valid",
+    entries="all",
     checks={"validity": one_of(VALIDITY_RULES.keys()), "m": at_least(1), "temperature": positive()},
 )
 def cprd_chain(
@@ -60,10 +60,10 @@ def cprd_chain(
 ) -> dict[str, torch.Tensor]:
     """ITC and CPRD as one Plackett-Luce chain on the mined slate: positive, valid negatives, the rest below."""
     s, u = batch.student / temperature, batch.require_teacher("cprd_chain").detach()
-    pos, neg, valid = batch.positive & batch.mask, batch.negative, batch.mask
+    pos, neg, mask = batch.positive & batch.mask, batch.negative, batch.mask
     key = torch.where(neg, u, float("-inf"))  # [B, L]
     chosen = valid_negatives(key, neg, validity=validity, threshold=threshold, m=m)
-    head = torch.logsumexp(fill_masked(s, valid), dim=-1) - torch.logsumexp(fill_masked(s, pos), dim=-1)  # [B]
+    head = torch.logsumexp(fill_masked(s, mask), dim=-1) - torch.logsumexp(fill_masked(s, pos), dim=-1)  # [B]
     per_row = head + plackett_luce_nll(s, key, chosen, neg & ~chosen)  # [B]: step 0, then CPRD's J steps
     if normalize == "steps":
         per_row = per_row / (1 + chosen.sum(dim=-1))

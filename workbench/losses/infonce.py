@@ -1,13 +1,13 @@
 """ITC / InfoNCE over a slate, with several positives per query.
 
-Formula (per query i, over its slate; ``P_i`` = valid positives, ``V_i`` = valid entries)::
+Formula (per query i, over its slate; ``P_i`` = its positives, ``V_i`` = its entries (``mask``, padding left out))::
 
     l_i = -log( sum_{p in P_i} exp(s[i, p]) / sum_{k in V_i} exp(s[i, k]) )
         = logsumexp_{V_i} s[i, :] - logsumexp_{P_i} s[i, :]
 
     L = mean_i l_i                         (over all B rows; a row with no positive contributes 0)
 
-Shapes: ``batch.student`` s float [B, L]; ``batch.positive`` bool [B, L]; ``batch.valid`` bool [B, L] or None.
+Shapes: ``batch.student`` s float [B, L]; ``batch.positive`` bool [B, L]; ``batch.mask`` bool [B, L] (False = padding).
 ``s`` already carries the student's logit scale (1 / tau), so there is no temperature here. The teacher is unused.
 
 References:
@@ -34,11 +34,11 @@ from workbench.losses.registry import register_loss
 from workbench.scores.batch import ScoreBatch
 
 
-@register_loss("infonce", needs_teacher=False, entries="valid")
+@register_loss("infonce", needs_teacher=False, entries="all")
 def infonce(batch: ScoreBatch) -> dict[str, torch.Tensor]:
     """ITC (InfoNCE) over the slate, several positives per query allowed; no teacher."""
-    s, valid = student_scores(batch), batch.mask
-    pos = batch.positive & valid  # bool [B, L]
-    lse_all = torch.logsumexp(fill_masked(s, valid), dim=-1)  # [B]
+    s, mask = student_scores(batch), batch.mask
+    pos = batch.positive & mask  # bool [B, L]
+    lse_all = torch.logsumexp(fill_masked(s, mask), dim=-1)  # [B]
     lse_pos = torch.logsumexp(fill_masked(s, pos), dim=-1)  # [B]
     return {"itc_loss": row_mean(lse_all - lse_pos, pos.any(dim=-1))}

@@ -1,6 +1,6 @@
 """Ranking distillation: learn the teacher's *order* of the slate's negatives, not its score values.
 
-Formulas (per query i; ``N_i`` = the slate's negatives ``valid & ~positive``; s student, u teacher; T temperatures)::
+Formulas (per query i; ``N_i`` = the slate's negatives ``mask & ~positive``; s student, u teacher; T temperatures)::
 
     ranknet:  L = mean over all (i, a, b), a, b in N_i, u_ia > u_ib, of  log(1 + exp(-(s_ia - s_ib) / T))
     listnet:  l_i = - sum_{k in N_i} softmax_{N_i}(u / T_t)_k * log softmax_{N_i}(s / T)_k,    L = mean_i l_i
@@ -8,7 +8,8 @@ Formulas (per query i; ``N_i`` = the slate's negatives ``valid & ~positive``; s 
               l_i = (1 / n) sum_{j=1..n} -log( exp(s[i, c_j] / T) / sum_{k=j..n} exp(s[i, c_k] / T) ),
               L = mean_i l_i        (normalize="none": the sum of the n steps, ~log n! at equal scores)
 
-Shapes: s, u float [B, L]; positive, valid bool [B, L]. Means over rows are over all B rows (a row with no
+Shapes: s, u float [B, L]; positive, mask bool [B, L] (False = padding). Means over rows are over all B rows (a
+row with no
 negatives contributes 0); ranknet averages over all ordered pairs of the batch (0 if there are none; teacher ties
 make no pair). Teacher scores are data (no gradient).
 

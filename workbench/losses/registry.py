@@ -36,7 +36,7 @@ from workbench.checks import check_choice, check_float, check_int
 from workbench.scores.batch import ScoreBatch
 
 LossFn = Callable[..., dict[str, torch.Tensor]]
-Entries = Literal["negatives", "valid"]
+Entries = Literal["negatives", "all"]
 _SCALARS = (bool, int, float, str)
 
 
@@ -49,11 +49,16 @@ class Rule:
     Args:
         describe: returns the constraint in words for tables and widgets (e.g. ``"> 0"``).
         check: ``check(label, value)`` raises ``ValueError``/``TypeError`` naming ``label`` on a bad value.
+        low, high: the allowed range (``None``: unbounded on that side), for widgets (slider ranges).
+        strict_low: ``low`` itself is excluded (``> low``, as ``positive()``).
+        choices: the allowed values (a live view for ``one_of``), or ``None``.
     """
 
-    def __init__(self, describe: Callable[[], str], check: Callable[[str, Any], Any]) -> None:
+    def __init__(self, describe: Callable[[], str], check: Callable[[str, Any], Any], *, low: float | None = None,
+                 high: float | None = None, strict_low: bool = False, choices: Collection[Any] | None = None) -> None:
         self._describe = describe
         self.check = check
+        self.low, self.high, self.strict_low, self.choices = low, high, strict_low, choices
 
     @property
     def text(self) -> str:
@@ -66,17 +71,19 @@ class Rule:
 
 def positive() -> Rule:
     """The value must be a finite number ``> 0`` (temperatures, scales)."""
-    return Rule(lambda: "> 0", lambda label, v: check_float(label, v, min_value=0.0, strict_min=True))
+    return Rule(lambda: "> 0", lambda label, v: check_float(label, v, min_value=0.0, strict_min=True), low=0.0,
+                strict_low=True)
 
 
 def at_least(low: float) -> Rule:
     """The value must be a finite number ``>= low``."""
-    return Rule(lambda: f">= {low}", lambda label, v: check_float(label, v, min_value=low))
+    return Rule(lambda: f">= {low}", lambda label, v: check_float(label, v, min_value=low), low=low)
 
 
 def in_range(low: float, high: float) -> Rule:
     """The value must be a finite number in ``[low, high]``."""
-    return Rule(lambda: f"in [{low}, {high}]", lambda label, v: check_float(label, v, min_value=low, max_value=high))
+    return Rule(lambda: f"in [{low}, {high}]", lambda label, v: check_float(label, v, min_value=low, max_value=high),
+                low=low, high=high)
 
 
 def one_of(choices: Collection[Any]) -> Rule:
@@ -84,6 +91,7 @@ def one_of(choices: Collection[Any]) -> Rule:
     return Rule(
         lambda: "one of {" + ", ".join(map(str, choices)) + "}",
         lambda label, v: check_choice(label, v, choices),
+        choices=choices,
     )
 
 
@@ -206,8 +214,9 @@ class LossSpec:
         description: the first line of the function's docstring.
         source: where it is defined (``workbench/losses/cprd.py``, or the module name, e.g. ``__main__``).
         needs_teacher: calling it on a batch without teacher scores raises ``ValueError``.
-        entries: ``"negatives"`` if only the slate's negatives (``valid & ~positive``) are read, so scores at
-            positives never matter; ``"valid"`` if positives are read too (ITC, KL, MSE, margin-MSE).
+        entries: ``"negatives"`` if only the slate's negatives (``mask & ~positive``) are read, so scores at
+            positives never matter; ``"all"`` if positives are read too (ITC, KL, MSE, margin-MSE). Padding
+            (``mask`` False) is never read.
         params: the hyperparameters by name, in signature order.
     """
 
@@ -251,7 +260,7 @@ def register_loss(
     Args:
         name: a Python identifier (so the CLI's ``name:key=value`` syntax can carry it).
         needs_teacher: the loss reads ``batch.teacher`` (most distillation losses do).
-        entries: ``"negatives"`` (reads only ``valid & ~positive`` entries) or ``"valid"``; see ``LossSpec``.
+        entries: ``"negatives"`` (reads only ``mask & ~positive`` entries) or ``"all"``; see ``LossSpec``.
         checks: value constraints per hyperparameter, e.g. ``{"temperature": positive()}``.
 
     Returns:

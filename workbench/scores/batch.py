@@ -21,17 +21,19 @@ class ScoreBatch:
         student: float [B, L], student logits (cosine x the student's logit scale).
         teacher: float [B, L] teacher scores for the same entries, or ``None`` (losses needing no teacher).
         positive: bool [B, L], True where the entry truly matches the query.
-        valid: bool [B, L], True where the entry exists (False = padding); ``None`` means all True.
+        mask: bool [B, L], True where the entry exists (False = padding). ``None`` at construction means
+            all True; after construction it is always a tensor. (Not to be confused with CPRD's *valid*
+            negatives: the ones its validity rule lets the teacher order.)
 
     Raises:
         ValueError: a shape or dtype mismatch, ``B == 0``, tensors on different devices, or NaN/inf in
-            ``student`` or ``teacher`` on a valid entry (padding may hold anything).
+            ``student`` or ``teacher`` on an existing entry (padding may hold anything).
     """
 
     student: torch.Tensor
     positive: torch.Tensor
     teacher: torch.Tensor | None = None
-    valid: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         s = check_tensor("student", self.student, ndim=2, dtype="float")
@@ -41,21 +43,17 @@ class ScoreBatch:
         check_tensor("positive", self.positive, shape=shape, dtype="bool")
         if self.teacher is not None:
             check_tensor("teacher", self.teacher, shape=shape, dtype="float")
-        if self.valid is not None:
-            check_tensor("valid", self.valid, shape=shape, dtype="bool")
-        for name in ("positive", "teacher", "valid"):
+        if self.mask is not None:
+            check_tensor("mask", self.mask, shape=shape, dtype="bool")
+        for name in ("positive", "teacher", "mask"):
             other = getattr(self, name)
             if other is not None and other.device != s.device:
                 raise ValueError(f"{name} must be on the student's device {s.device}, got {other.device}")
-        mask = self.mask
-        _check_finite("student", s, mask)
+        if self.mask is None:  # frozen: set once, so every loss reads one tensor
+            object.__setattr__(self, "mask", torch.ones_like(self.positive))
+        _check_finite("student", s, self.mask)
         if self.teacher is not None:
-            _check_finite("teacher", self.teacher, mask)
-
-    @property
-    def mask(self) -> torch.Tensor:
-        """bool [B, L]: entries that exist (``valid``, or all True)."""
-        return torch.ones_like(self.positive) if self.valid is None else self.valid
+            _check_finite("teacher", self.teacher, self.mask)
 
     @property
     def negative(self) -> torch.Tensor:
@@ -76,6 +74,6 @@ def _check_finite(name: str, x: torch.Tensor, mask: torch.Tensor) -> None:
     if bad.any():
         row, col = (int(i) for i in bad.nonzero()[0])
         raise ValueError(
-            f"{name} must be finite on valid entries, got {int(bad.sum())} NaN/inf value(s) "
+            f"{name} must be finite on existing (unmasked) entries, got {int(bad.sum())} NaN/inf value(s) "
             f"(first: {name}[{row}, {col}] = {x[row, col].item()})"
         )

@@ -72,7 +72,7 @@ def distill_batch(side: Side, cfg: FitConfig, relation: PairRelation, scale: tor
     """The distillation ScoreBatch of one direction: ``[own positive, K mined]`` (or the whole batch for "all")."""
     s, positive, valid, ids = _slate(side, cfg, relation, scale, gen)
     u = teacher_view(teacher, side, ids, cfg) if teacher is not None else None
-    return ScoreBatch(student=s, positive=positive, teacher=u, valid=valid)
+    return ScoreBatch(student=s, positive=positive, teacher=u, mask=valid)
 
 
 def distill_slate(side: Side, cfg: FitConfig, relation: PairRelation, scale: torch.Tensor,
@@ -81,7 +81,7 @@ def distill_slate(side: Side, cfg: FitConfig, relation: PairRelation, scale: tor
     [B, L]). :func:`teacher_pairs` gives the (image, caption) pairs the teacher should score for them (the batched
     trainer asks the teacher once for every member's pairs)."""
     s, positive, valid, ids = _slate(side, cfg, relation, scale, gen)
-    return ScoreBatch(student=s, positive=positive, valid=valid), ids
+    return ScoreBatch(student=s, positive=positive, mask=valid), ids
 
 
 def _slate(side: Side, cfg: FitConfig, relation: PairRelation, scale: torch.Tensor, gen: torch.Generator):
@@ -107,7 +107,7 @@ def _slate(side: Side, cfg: FitConfig, relation: PairRelation, scale: torch.Tens
 
 def with_teacher(batch: ScoreBatch, u: torch.Tensor) -> ScoreBatch:
     """``batch`` with teacher scores ``u`` float [B, L]."""
-    return ScoreBatch(student=batch.student, positive=batch.positive, teacher=u, valid=batch.valid)
+    return ScoreBatch(student=batch.student, positive=batch.positive, teacher=u, mask=batch.mask)
 
 
 def _truth(side: Side, relation: PairRelation, cand_ids: torch.Tensor) -> torch.Tensor:
