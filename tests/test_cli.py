@@ -142,7 +142,7 @@ def fails(capsys, argv: list[str], *phrases: str) -> str:
 @pytest.fixture
 def tiny_run(tmp_path) -> Path:
     """A run folder holding an (untrained) small student checkpoint on the smoke world."""
-    cfg = StudentConfig(dim=16, embed_dim=8, heads=2, mlp=16, image_layers=1, text_layers=1,
+    cfg = StudentConfig(dim=16, embed_dim=8, heads=2, mlp=16, image_layers=1, text_layers=1, max_words=24,
                         stem=StemConfig(hidden=16, dim=8))
     student = DualEncoder(cfg)
     save_checkpoint(tmp_path / "run" / "checkpoint", "student", student.config_dict(), student.state_dict())

@@ -105,7 +105,11 @@ class TextEmbedding(nn.Module):
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens long [B, T] -> float [B, T, d]."""
+        """tokens long [B, T] -> float [B, T, d]; ``T`` at most the ``max_len`` positions it was built with."""
+        if tokens.shape[-1] > self.pos.shape[0]:
+            raise ValueError(f"captions of {tokens.shape[-1]} tokens, but this text tower reads at most "
+                             f"{self.pos.shape[0]} (its config's max_words + 1): use a model whose max_words fits the "
+                             "world's captions (chain-caption worlds: 24, e.g. the moments-v1 student preset)")
         x = self.word(tokens) + self.pos[: tokens.shape[1]]
         if self.prev is not None:
             prev = torch.cat([torch.zeros_like(tokens[:, :1]), tokens[:, :-1]], dim=1)

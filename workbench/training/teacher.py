@@ -40,7 +40,7 @@ class TeacherTrainConfig:
     weight_itc: float = 1.0
     weight_ground: float = 1.0  # grounding auxiliary loss: each mention's shape word predicts its object's cell
     weight_layout: float = 1.0  # layout auxiliary loss: the word between two mentions predicts their relative place
-    # (1.0 since the contrast-chain-v1 teacher: it made relations learnable in every seed, benchmarks/results/teacher_recipe)
+    # (1.0 since the contrast-chain-v1 teacher: relations learned in the seeds of benchmarks/results/teacher_recipe)
     flip_share: float = 0.3  # share of near-misses that flip the relation (the kind learned last)
     eval_every: int = 250
     seed: int = 1  # the committed teacher's seed (with seed 0 relations were still at chance after 4,000 steps)
