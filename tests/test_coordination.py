@@ -24,7 +24,7 @@ from workbench.training.batches import sample_pairs
 from workbench.training.config import FitConfig, LossTerm
 from workbench.training.loop import StepContext, batch_terms, build_losses, fit, init_state, train_step
 
-SMALL = StudentConfig(dim=32, embed_dim=32, heads=2, mlp=64, image_layers=1, text_layers=1)
+SMALL = StudentConfig(dim=32, embed_dim=32, heads=2, mlp=64, image_layers=1, text_layers=1, max_words=24)
 TERMS = (LossTerm("itc"), LossTerm("cprd", 1.0, {"validity": "top", "m": 2}), LossTerm("kl", 0.5))
 
 

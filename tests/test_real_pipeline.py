@@ -32,7 +32,7 @@ from workbench.scores.teacher_scores import TeacherScores, teacher_fingerprint
 from workbench.training.config import FitConfig, LossTerm
 from workbench.training.loop import check_world
 
-SMALL = StudentConfig(dim=32, embed_dim=32, heads=2, mlp=64, image_layers=1, text_layers=1)
+SMALL = StudentConfig(dim=32, embed_dim=32, heads=2, mlp=64, image_layers=1, text_layers=1, max_words=24)
 
 
 
