@@ -186,8 +186,9 @@ PROFILES = {
                               ("threshold0",), ("truth", "mentions_only"), probe_seeds=1, full_list="hard+easy"),
     "full": ReproduceProfile("full", "default", "full", 1500, 3, 2, ("probability", "tempered"), (0.25, 0.5, 2.0),
                              tuple(VALIDITY), tuple(CONTROLLED), levers=True, workers=4),
-    # make demo: the headline table at convergence (ITC's validation RSUM at 600 steps is within 0.4 % of its value
-    # at 1,500; BENCHMARKS.md) with 3 seeds, and the Finding 1 figures; the other groups run in `quick` / `full`.
+    # make demo: the headline table with 3 seeds and the Finding 1 figures in minutes on a 2-core CPU. NOT at
+    # convergence on the default world (contrast-chain-v1 + moments-v1): ITC's validation RSUM at 500 steps is ~7 %
+    # below its plateau, reached at ~2,000 steps (benchmarks/results/room/); converged comparisons need `full`.
     "demo": ReproduceProfile("demo", "default", "quick", 600, 3, 1, (), (), (), (), probe_seeds=0,
                              full_list="hard+easy", groups=("headline",)),
 }
