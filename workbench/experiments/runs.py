@@ -70,8 +70,7 @@ def train_run(ws: Workspace, cfg: FitConfig, out_dir: str | Path | None, *, card
     card = card or ws.protocol_card("test", rerank=rerank)
     if out_dir is not None:
         check_run_folder(out_dir, resume=resume, overwrite=overwrite)
-    teacher_needed = (needs_teacher(cfg) and controlled is None) or card.k_test is not None
-    store_writes = (needs_teacher(cfg) and controlled is None) or (card.k_test is not None and ws.rerank_uses_store)
+    teacher_needed, store_writes = _teacher_use(ws, cfg, controlled, card)
     checks = ws.preflight(("train", "val", card.split), teacher=teacher_needed, store_writes=store_writes,
                           images=check_images)
     for line in checks if announce is not None else ():
@@ -176,11 +175,18 @@ def _preflight_batch(ws: Workspace, specs: Sequence[Any], overwrite: bool) -> No
     folders = [spec.out_dir for spec in specs if spec.out_dir is not None]
     for folder in folders:
         check_run_folder(folder, resume=False, overwrite=overwrite)
-    teacher = any(needs_teacher(spec.cfg) and spec.controlled is None for spec in specs)
-    ws.preflight(("train", "val", "test"), teacher=teacher or any(spec.rerank for spec in specs),
-                 store_writes=teacher or (any(spec.rerank for spec in specs) and ws.rerank_uses_store))
+    uses = [_teacher_use(ws, spec.cfg, spec.controlled, ws.protocol_card("test", rerank=spec.rerank))
+            for spec in specs]
+    ws.preflight(("train", "val", "test"), teacher=any(t for t, _ in uses), store_writes=any(w for _, w in uses))
     for folder in folders:
         prepare_run_folder(folder, resume=False, overwrite=overwrite)
+
+
+def _teacher_use(ws: Workspace, cfg: FitConfig, controlled: dict | None, card: ProtocolCard) -> tuple[bool, bool]:
+    """(whether a run needs the teacher, whether it writes to the store): training from the trained teacher, or
+    re-ranking under ``card`` (which writes to the store where the workspace re-ranks through it)."""
+    trains = needs_teacher(cfg) and controlled is None
+    return trains or card.k_test is not None, trains or (card.k_test is not None and ws.rerank_uses_store)
 
 
 def _stats(scores: Any) -> StoreStats | None:

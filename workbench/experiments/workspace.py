@@ -264,7 +264,7 @@ class BuiltinWorkspace(Workspace):
     store_path: Path | None = None
     teacher_dir: Path | None = None
     dense_teacher: bool | None = None  # None: $WORKBENCH_DENSE_TEACHER (1 / 0 / auto); auto = teacher on a GPU
-    student: StudentConfig | None = None  # None: the world's default student (student_for_world)
+    student: StudentConfig | None = None  # None: the world's default student (student_for_world), set on init
     _eval_sets: dict[str, Any] = field(default_factory=dict, repr=False)
     _scores: dict[str, TeacherScores] = field(default_factory=dict, repr=False)
 
@@ -272,6 +272,10 @@ class BuiltinWorkspace(Workspace):
     dataset = "builtin"
     primary = "semantic"
     rerank_uses_store = False  # the teacher's own pair scorer re-ranks
+
+    def __post_init__(self) -> None:
+        if self.student is None:
+            self.student = student_preset(student_for_world(self.world.config))
 
     @property
     def data(self) -> World:
@@ -292,7 +296,7 @@ class BuiltinWorkspace(Workspace):
 
         The default config is the workspace's ``student`` (:func:`student_for_world` unless one was chosen).
         """
-        config = config or self.student or student_preset(student_for_world(self.world.config))
+        config = config or self.student
         return DualEncoder(config, stem=copy.deepcopy(self.stem).cpu())
 
     def controlled_scores(self, settings: dict[str, Any]) -> Callable:
@@ -351,8 +355,7 @@ class BuiltinWorkspace(Workspace):
                                      fusion=fusion)
 
     def describe(self) -> dict[str, Any]:
-        student = self.student or student_preset(student_for_world(self.world.config))
-        return {"kind": self.kind, "world": asdict(self.world.config), "student": asdict(student),
+        return {"kind": self.kind, "world": asdict(self.world.config), "student": asdict(self.student),
                 "teacher": str(self.teacher_dir) if self.teacher_dir else None,
                 "store": str(self.store_path) if self.store_path else None}
 

@@ -45,7 +45,7 @@ from workbench.device import autocast, pick_device
 from workbench.evaluation.embed import embed_split_rows
 from workbench.losses import loss_spec
 from workbench.scores.mining import EmbeddingQueue
-from workbench.training.batches import near_miss_columns, sample_group_pairs, sample_pairs
+from workbench.training.batches import near_miss_columns, sample_batch
 from workbench.training.checkpoint import save_trainer_state
 from workbench.training.common import make_optimizer, seed_everything
 from workbench.training.config import ITC, FitConfig
@@ -221,8 +221,7 @@ def _step(stack: StackedStudents, runs: list[_Run], opt, world, device, step: in
     cfg0 = runs[0].cfg
     batch = []
     for run in runs:  # the generator's draws in fit's order: the batch, then near-misses, then (easy) mining
-        sampler = sample_group_pairs if run.cfg.group_batches else sample_pairs
-        img, cap = sampler(split, run.cfg.batch, run.generator)
+        img, cap = sample_batch(split, run.cfg.batch, run.generator, run.cfg.group_batches)
         nm = (near_miss_columns(split, run.ctx.near, img, cap, run.generator, run.cfg.near_miss_count,
                                 run.cfg.near_miss_flip_weight) if run.cfg.near_misses else None)
         batch.append((img, cap, nm))

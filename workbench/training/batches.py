@@ -33,6 +33,13 @@ def sample_group_pairs(split: Split, batch: int, gen: torch.Generator) -> tuple[
     return img, own_captions(split, img, gen)
 
 
+def sample_batch(split: Split, batch: int, gen: torch.Generator, group_batches: bool = False
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training batch a config asks for: :func:`sample_group_pairs` with ``group_batches``, else
+    :func:`sample_pairs` (both return image indices long [B] and one own caption each long [B])."""
+    return (sample_group_pairs if group_batches else sample_pairs)(split, batch, gen)
+
+
 def near_miss_columns(
     split: Split, near: NearMisses, img: torch.Tensor, cap: torch.Tensor, gen: torch.Generator,
     count: int = 1, flip_weight: float = 1.0,

@@ -41,7 +41,7 @@ from workbench.evaluation.embed import embed_split_rows
 from workbench.losses import ScoreBatch, get_loss, loss_spec
 from workbench.models.student import DualEncoder
 from workbench.scores.mining import EmbeddingQueue
-from workbench.training.batches import near_miss_columns, sample_group_pairs, sample_pairs
+from workbench.training.batches import near_miss_columns, sample_batch
 from workbench.training.checkpoint import load_trainer_state, recover_checkpoint, save_trainer_state
 from workbench.training.common import make_optimizer, seed_everything
 from workbench.training.config import ITC, FitConfig
@@ -278,8 +278,7 @@ def train_step(state: TrainState, ctx: StepContext) -> dict[str, float]:
     """
     state.student.train()
     dist = ctx.dist
-    sampler = sample_group_pairs if ctx.cfg.group_batches else sample_pairs
-    img, cap = sampler(ctx.world.train, ctx.cfg.batch * dist.world_size, state.generator)
+    img, cap = sample_batch(ctx.world.train, ctx.cfg.batch * dist.world_size, state.generator, ctx.cfg.group_batches)
     img, cap = dist.local(img), dist.local(cap)
     terms, named, view = _step_terms(state, ctx, img, cap, state.generator)
     total = sum(terms.values())
