@@ -47,6 +47,8 @@ def _configs():
         "listmle_easy": replace(base, negatives="easy", easy_rank=8, losses=(LossTerm("itc"), LossTerm("listmle"))),
         "negclip": replace(base, seed=3, pool="batch", near_misses=True, losses=(LossTerm("itc"),)),
         "cprd_controlled": replace(base, seed=1, k=4, pool="batch", losses=(LossTerm("itc"), cprd)),
+        "cprd_clean": replace(base, seed=4, drop_teacher_matches=True, match_threshold=0.3,
+                              losses=(LossTerm("itc"), cprd)),
     }
 
 

@@ -2,7 +2,8 @@
 
     PYTHONPATH=. python research/room/probe_student.py RUN_DIR [RUN_DIR ...] --out FILE.json
 
-RUN_DIR: a research/room/run.py folder (student.pt + config.json) or a `python -m workbench train` folder.
+RUN_DIR: a research/room/run.py folder (student.pt + config.json) or a `python -m workbench train` folder (its world
+rebuilt from the ``data.world`` entry of its config.json).
 """
 from __future__ import annotations
 
@@ -16,11 +17,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from research.room.common import get_stem, get_world  # noqa: E402
 from research.room.probes import probe_embeddings  # noqa: E402
+from workbench.data.world import WorldConfig, build_world  # noqa: E402
 from workbench.evaluation.embed import embed_split  # noqa: E402
 from workbench.models.student import DualEncoder, StudentConfig  # noqa: E402
 
 
-def load(run: Path) -> tuple[DualEncoder, str]:
+def load(run: Path) -> tuple[DualEncoder, str | dict]:
     if (run / "student.pt").is_file():
         cfg = json.loads((run / "config.json").read_text())
         world = cfg["args"]["world"]
@@ -29,7 +31,7 @@ def load(run: Path) -> tuple[DualEncoder, str]:
         return student.eval(), world
     from workbench.training.checkpoint import load_student
 
-    return load_student(run / "checkpoint"), "ambiguous-v1"
+    return load_student(run / "checkpoint"), json.loads((run / "config.json").read_text())["data"]["world"]
 
 
 def main() -> None:
@@ -42,7 +44,7 @@ def main() -> None:
     results = {}
     for run in a.runs:
         student, world_name = load(Path(run))
-        w = get_world(world_name)
+        w = get_world(world_name) if isinstance(world_name, str) else build_world(WorldConfig(**world_name))
         tr = [e.float() for e in embed_split(student, w.train)]
         te = [e.float() for e in embed_split(student, w.test)]
         res = {"linear": probe_embeddings(w.train, w.test, tr[0], tr[1], te[0], te[1])}

@@ -43,7 +43,6 @@ from torch import nn
 from workbench.data.nearmiss import build_near_misses
 from workbench.device import autocast, pick_device
 from workbench.evaluation.embed import embed_split_rows
-from workbench.losses import loss_spec
 from workbench.scores.mining import EmbeddingQueue
 from workbench.training.batches import near_miss_columns, sample_batch
 from workbench.training.checkpoint import save_trainer_state
@@ -62,8 +61,9 @@ from workbench.training.loop import (
     itc_terms_lazy,
     needs_teacher,
     sides,
+    teacher_reason,
 )
-from workbench.training.slates import distill_slate, teacher_output, teacher_pairs, with_teacher
+from workbench.training.slates import distill_slate, teacher_pairs, with_teacher
 from workbench.training.stacked import MemberView, StackedStudents, member_optimizer_state
 
 GROUP_FIELDS = ("steps", "batch", "lr", "warmup", "weight_decay", "device", "amp")
@@ -124,8 +124,7 @@ def check_members(members: Sequence[Member]) -> None:
                              f"({m.name or m.cfg.seed}) has other parameters than member 0")
     for m in members:
         if needs_teacher(m.cfg) and m.teacher_scores is None:
-            names = [t.name for t in m.cfg.distill_terms if loss_spec(t.name).needs_teacher]
-            raise ValueError(f"member {m.name!r}: loss terms {names} need teacher scores: pass teacher_scores")
+            raise ValueError(f"member {m.name!r}: {teacher_reason(m.cfg)} need teacher scores: pass teacher_scores")
 
 
 @dataclass
@@ -331,9 +330,10 @@ def _score_union(runs: list[_Run], pending: dict[int, list]) -> None:
         start = 0
         for i, k, _, shape in items:
             n = shape[0] * shape[1]
-            u = teacher_output(logits[start : start + n], probs[start : start + n], runs[i].cfg)
             batch, ids, side = pending[i][k]
-            pending[i][k] = (with_teacher(batch, u.reshape(shape).float()), ids, side)
+            scored = with_teacher(batch, logits[start : start + n].reshape(shape),
+                                  probs[start : start + n].reshape(shape), runs[i].cfg)
+            pending[i][k] = (scored, ids, side)
             start += n
 
 

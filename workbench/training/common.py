@@ -1,4 +1,5 @@
-"""Pieces shared by every training loop: seeding, optimisers with warm-up + cosine decay, in-batch ITC."""
+"""Pieces shared by every training loop: seeding, optimisers with warm-up + cosine decay, in-batch ITC, whether a
+config reads the teacher."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ import random
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from workbench.losses import loss_spec
+from workbench.training.config import FitConfig
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -61,3 +65,20 @@ def sample_hard(sim: torch.Tensor, positive: torch.Tensor, generator: torch.Gene
     none = torch.isinf(logits).all(1)
     logits[none] = 0.0
     return torch.multinomial(F.softmax(logits, dim=1), 1, generator=generator).squeeze(1)
+
+
+def needs_teacher(cfg: FitConfig) -> bool:
+    """Whether any distillation term reads teacher scores (``infonce`` on mined slates, e.g., does not), or the
+    slates drop the teacher's detected false negatives (``drop_teacher_matches``)."""
+    if cfg.drop_teacher_matches and cfg.distill_terms:
+        return True
+    return any(loss_spec(t.name).needs_teacher for t in cfg.distill_terms)
+
+
+def teacher_reason(cfg: FitConfig) -> str:
+    """What in ``cfg`` reads the teacher, in words (for the error when no teacher scores are given)."""
+    names = [t.name for t in cfg.distill_terms if loss_spec(t.name).needs_teacher]
+    parts = [f"loss terms {names}"] if names else []
+    if cfg.drop_teacher_matches and cfg.distill_terms:
+        parts.append("drop_teacher_matches=True (the teacher detects the slates' false negatives)")
+    return " and ".join(parts)

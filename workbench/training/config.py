@@ -88,6 +88,10 @@ class FitConfig:
     easy_rank: int = 32
     teacher_output: str = "logit"  # what losses see as u: "logit", "probability", or "tempered" (logit / T)
     teacher_temperature: float = 1.0
+    # teacher-detected false negatives: drop mined negatives whose teacher probability is >= match_threshold from
+    # every distillation slate (neither ordered nor in any denominator), for every distillation term alike
+    drop_teacher_matches: bool = False
+    match_threshold: float = 0.5
     # --- bookkeeping
     eval_every: int = 500
     checkpoint_every: int = 0  # 0 = only at the end
@@ -119,6 +123,7 @@ class FitConfig:
         check_choice("negatives", self.negatives, ["hard", "easy", "hard+easy", "all"])
         check_choice("teacher_output", self.teacher_output, ["logit", "probability", "tempered"])
         check_float("teacher_temperature", self.teacher_temperature, min_value=0.0, strict_min=True)
+        check_float("match_threshold", self.match_threshold, min_value=0.0, max_value=1.0)
         if self.negatives == "all" and self.pool != "batch":
             raise ValueError(f"negatives='all' takes the whole batch: it needs pool='batch', got {self.pool!r}")
         if self.distill_terms and self.pool == "batch" and self.negatives == "hard" and self.k >= self.batch:

@@ -38,12 +38,12 @@ from workbench.data.world import World
 from workbench.device import autocast, pick_device
 from workbench.distributed import SINGLE, Dist, current
 from workbench.evaluation.embed import embed_split_rows
-from workbench.losses import ScoreBatch, get_loss, loss_spec
+from workbench.losses import ScoreBatch, get_loss
 from workbench.models.student import DualEncoder
 from workbench.scores.mining import EmbeddingQueue
 from workbench.training.batches import near_miss_columns, sample_batch
 from workbench.training.checkpoint import load_trainer_state, recover_checkpoint, save_trainer_state
-from workbench.training.common import make_optimizer, seed_everything
+from workbench.training.common import make_optimizer, needs_teacher, seed_everything, teacher_reason
 from workbench.training.config import ITC, FitConfig
 from workbench.training.slates import Side, distill_batch, itc_batch
 
@@ -117,11 +117,6 @@ class BatchView:
 def build_losses(cfg: FitConfig) -> dict[str, Callable]:
     """Registry losses for every term (validated before training starts); ``itc`` -> infonce on in-batch slates."""
     return {t.name: get_loss("infonce" if t.name == ITC else t.name, **t.params) for t in cfg.losses}
-
-
-def needs_teacher(cfg: FitConfig) -> bool:
-    """Whether any distillation term reads teacher scores (``infonce`` on mined slates, e.g., does not)."""
-    return any(loss_spec(t.name).needs_teacher for t in cfg.distill_terms)
 
 
 def objective(entries: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -373,8 +368,7 @@ def fit(
     dist = current() if dist is None else dist
     losses = build_losses(cfg)
     if needs_teacher(cfg) and teacher_scores is None:
-        names = [t.name for t in cfg.distill_terms if loss_spec(t.name).needs_teacher]
-        raise ValueError(f"loss terms {names} need teacher scores: pass teacher_scores=TeacherScores(...)")
+        raise ValueError(f"{teacher_reason(cfg)} need teacher scores: pass teacher_scores=TeacherScores(...)")
     teacher_scores = teacher_scores if needs_teacher(cfg) else None
     check_world(cfg, world, dist)
     device = dist.device if dist.enabled and dist.device is not None else pick_device(cfg.device)

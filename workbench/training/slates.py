@@ -71,8 +71,11 @@ def distill_batch(side: Side, cfg: FitConfig, relation: PairRelation, scale: tor
                   gen: torch.Generator) -> ScoreBatch:
     """The distillation ScoreBatch of one direction: ``[own positive, K mined]`` (or the whole batch for "all")."""
     s, positive, valid, ids = _slate(side, cfg, relation, scale, gen)
-    u = teacher_view(teacher, side, ids, cfg) if teacher is not None else None
-    return ScoreBatch(student=s, positive=positive, teacher=u, mask=valid)
+    batch = ScoreBatch(student=s, positive=positive, mask=valid)
+    if teacher is None:
+        return batch
+    logits, probs = teacher(*teacher_pairs(side, ids))
+    return with_teacher(batch, logits.reshape(ids.shape), probs.reshape(ids.shape), cfg)
 
 
 def distill_slate(side: Side, cfg: FitConfig, relation: PairRelation, scale: torch.Tensor,
@@ -105,9 +108,21 @@ def _slate(side: Side, cfg: FitConfig, relation: PairRelation, scale: torch.Tens
     return s.float(), positive, valid, ids
 
 
-def with_teacher(batch: ScoreBatch, u: torch.Tensor) -> ScoreBatch:
-    """``batch`` with teacher scores ``u`` float [B, L]."""
-    return ScoreBatch(student=batch.student, positive=batch.positive, teacher=u, mask=batch.mask)
+def with_teacher(batch: ScoreBatch, logits: torch.Tensor, probs: torch.Tensor, cfg: FitConfig) -> ScoreBatch:
+    """``batch`` with the teacher's scores of its pairs (``logits``, ``probs`` float [B, L]) as the losses should see
+    them (:func:`teacher_output`); under ``cfg.drop_teacher_matches`` its teacher-detected false negatives
+    (:func:`teacher_matches`) leave the slate (mask False: neither ordered nor in any denominator)."""
+    u = teacher_output(logits, probs, cfg).float()
+    mask = batch.mask
+    if cfg.drop_teacher_matches:
+        mask = mask & ~teacher_matches(probs, batch.positive, cfg.match_threshold)
+    return ScoreBatch(student=batch.student, positive=batch.positive, teacher=u, mask=mask)
+
+
+def teacher_matches(probs: torch.Tensor, positive: torch.Tensor, threshold: float) -> torch.Tensor:
+    """bool [B, L]: the slate's negatives the teacher scores as matches (probability ``>= threshold``), its
+    detected false negatives. ``probs`` float [B, L] teacher probabilities; ``positive`` bool [B, L]."""
+    return ~positive & (probs >= threshold)
 
 
 def _truth(side: Side, relation: PairRelation, cand_ids: torch.Tensor) -> torch.Tensor:
@@ -124,9 +139,3 @@ def teacher_pairs(side: Side, cand_ids: torch.Tensor) -> tuple[torch.Tensor, tor
 def teacher_output(logits: torch.Tensor, probs: torch.Tensor, cfg: FitConfig) -> torch.Tensor:
     """What the losses see as ``u`` (``cfg.teacher_output``) from the teacher's logits and probabilities."""
     return {"logit": logits, "probability": probs, "tempered": logits / cfg.teacher_temperature}[cfg.teacher_output]
-
-
-def teacher_view(teacher, side: Side, cand_ids: torch.Tensor, cfg: FitConfig) -> torch.Tensor:
-    """Teacher scores float [B, L] for the slate's pairs, as the losses should see them (logit/probability/tempered)."""
-    logits, probs = teacher(*teacher_pairs(side, cand_ids))
-    return teacher_output(logits, probs, cfg).reshape(cand_ids.shape).float()
