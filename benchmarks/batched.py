@@ -6,6 +6,9 @@ other jobs on a shared machine disturb less than wall time; both are printed):
 - ``cpu``: M distillation students of the headline's setting (gallery pool, K = 8, COCO positives; CPRD / KL /
   ListMLE / ListNet / RankNet, several seeds) trained as one batched model vs the same M trained one after another
   with ``fit``, warm teacher-score store for both (a first batched pass fills it). Throughput = members x steps / s.
+- ``phases``: where a member-step's process CPU time goes (gallery refresh, mining, teacher scores, backward, the
+  rest), a run alone vs M batched (cProfile), and the bound this puts on any batched speed-up: the phases each
+  member must do on its own data.
 - ``overhead``: the same comparison where a step is launch-bound rather than compute-bound (the smoke world,
   batch 16, K = 4): M batched vs ONE run alone (throughput ratio); the regime of a GPU, where one run leaves the
   device mostly idle.
@@ -119,6 +122,53 @@ def part_ops(ws, members: int) -> None:
           f"{H200_STEP_SECONDS * 1e3:.0f} ms alone")
 
 
+PHASES = {  # phase -> the functions whose cumulative time it is (both trainers call the same ones)
+    "gallery refresh": ("embed_split_rows",),
+    "mining": ("mine_hard_negatives", "sample_easy_negatives"),
+    "teacher scores": ("__call__@teacher_scores.py", "__call__@dense.py"),
+    "backward": ("run_backward",),
+}
+
+
+def phase_seconds(action) -> dict[str, float]:
+    """Process CPU seconds of ``action`` by phase (:data:`PHASES`; "encoders, losses, optimiser" = the rest), from
+    cProfile's cumulative times (its overhead inflates Python-heavy code a little, alike in both trainers)."""
+    import cProfile
+    import pstats
+
+    prof = cProfile.Profile(time.process_time)
+    prof.runcall(action)
+    stats = pstats.Stats(prof).stats  # (file, line, name) -> (calls, primitive, tottime, cumtime, callers)
+    total = max(v[3] for v in stats.values())
+    out = {}
+    for phase, names in PHASES.items():
+        out[phase] = sum(v[3] for (file, _, name), v in stats.items()
+                         if any(n in (name, f"{name}@{Path(file).name}") or f"'{n}'" in name for n in names))
+    out["encoders, losses, optimiser"] = total - sum(out.values())
+    out["total"] = total
+    return out
+
+
+def part_phases(ws, members: int, steps: int) -> None:
+    """Where a member-step's time goes, alone vs batched, and the most batching could gain: the phases that are
+    per member by nature (its own gallery re-embedded, its own gallery searched) bound the ratio from above."""
+    cfgs = configs(members, steps, "default")
+    scores = ws.teacher_scores()
+    fit_batched(_members(ws, cfgs, scores), ws.world)  # warm store and allocator
+    alone = phase_seconds(lambda: fit(cfgs[0], ws.world, _members(ws, cfgs[:1], scores)[0].student,
+                                      teacher_scores=scores))
+    batched = phase_seconds(lambda: fit_batched(_members(ws, cfgs, scores), ws.world))
+    print(f"[phases] default world, {cfgs[0].losses[-1].name} & co., gallery pool (refresh every "
+          f"{cfgs[0].refresh_every}), {steps} steps; ms of process CPU time per member-step:")
+    print(f"[phases] {'phase':30s} {'alone':>8s} {'batched':>8s}")
+    for phase in alone:
+        print(f"[phases] {phase:30s} {1e3 * alone[phase] / steps:8.1f} {1e3 * batched[phase] / (members * steps):8.1f}")
+    per_member = alone["gallery refresh"] + alone["mining"]
+    print(f"[phases] gallery refresh + mining are {100 * per_member / alone['total']:.0f} % of a run alone and do "
+          f"not shrink when batched (each member embeds and searches its own gallery): even with everything else "
+          f"free, batching gains at most {alone['total'] / per_member:.2f}x here")
+
+
 def part_dense(ws) -> None:
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -159,7 +209,7 @@ def part_dense(ws) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--part", default="all", choices=["cpu", "overhead", "ops", "dense", "all"])
+    parser.add_argument("--part", default="all", choices=["cpu", "phases", "overhead", "ops", "dense", "all"])
     parser.add_argument("--members", type=int, default=8)
     parser.add_argument("--overhead-members", type=int, default=32)
     parser.add_argument("--steps", type=int, default=100)
@@ -176,6 +226,9 @@ def main() -> None:
                 print(f"[cpu] default world, {args.members} students x {args.steps} steps, {unit} time: batched "
                       f"{r[f'batched_{unit}']:.2f} vs one after another {r[f'alone_{unit}']:.2f} member-steps/s: "
                       f"{ratio:.2f}x (target 3x: {'met' if ratio >= 3 else 'not met'})")
+        if args.part in ("phases", "all"):
+            ws = open_workspace(WORLD_PRESETS["default"], store_path=Path(tmp) / "default.sqlite")
+            part_phases(ws, args.members, args.steps)
         ws = open_workspace(WORLD_PRESETS["smoke"], store_path=Path(tmp) / "smoke.sqlite")
         if args.part in ("overhead", "all"):
             m = args.overhead_members
