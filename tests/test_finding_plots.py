@@ -9,6 +9,7 @@ import pytest
 from workbench.findings.figures import (
     cosine_curves,
     lambda_sweep,
+    learning_curves,
     qq_plots,
     scale_check,
     score_histograms,
@@ -84,6 +85,24 @@ def test_cosine_curves_mean_over_seeds(tmp_path) -> None:
     _saved(fig, "cos", tmp_path)
     with pytest.raises(ValueError, match=r"values must have shape \[3\] or \[seeds, 3\]"):
         cosine_curves({"x": (steps, np.zeros((2, 4)))})
+
+
+def test_learning_curves_mark_each_seed_s_plateau_and_a_curve_still_rising(tmp_path) -> None:
+    steps = [500, 1000, 1500, 2000, 2500]
+    flat = [400.0, 440.0, 450.0, 451.0, 450.0]  # plateau 450.3: within 1 % from step 1,500 on
+    rising = [300.0, 350.0, 400.0, 450.0, 500.0]  # plateau 450: only the last two reach it, and it still rises
+    fig = learning_curves({"itc": {0: (steps, flat)}, "oracle": {0: (steps, rising), 1: (steps, flat)}})
+    lines = fig.axes[0].lines
+    markers = [(ln.get_xdata().tolist(), ln.get_ydata().tolist(), ln.get_markerfacecolor()) for ln in lines
+               if ln.get_marker() == "o"]
+    assert tuple(markers[0][:2]) == ([1500], [450.0])  # itc seed 0's plateau step
+    assert tuple(markers[1][:2]) == ([2000], [450.0])  # oracle seed 0: from 2,000 on >= 0.99 x 450
+    assert markers[2][:2] == ([2500], [500.0]) and markers[2][2] == "none"  # ... and still rising: open circle
+    labels = [ln.get_label() for ln in lines if not ln.get_label().startswith("_")]
+    assert labels == ["itc (1 seed)", "oracle (2 seeds)"]
+    _saved(fig, "curves", tmp_path)
+    with pytest.raises(ValueError, match="at least one seed"):
+        learning_curves({"itc": {}})
 
 
 def test_lambda_sweep(tmp_path) -> None:

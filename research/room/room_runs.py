@@ -5,7 +5,7 @@ ITC -> teacher gap; the false-negative rate of each student's gallery-mined top-
     PYTHONPATH=. python research/room/room_runs.py train --arm itc --seeds 0 1 2 --steps 4000 --out runs/room_v2
     PYTHONPATH=. python research/room/room_runs.py train --arm oracle --seeds 0 --steps 3000 --out runs/room_v2
     PYTHONPATH=. python research/room/room_runs.py report --out runs/room_v2 \
-        --json benchmarks/results/room/room.json
+        --json benchmarks/results/room/room.json --figures benchmarks/results/room
 
 Arms (decided before the runs; the student is the workspace's default, ``moments-v1``, on the teacher's stem):
 
@@ -32,6 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from research.room.common import false_negative_rate  # noqa: E402
 from workbench.evaluation.embed import embed_split  # noqa: E402
 from workbench.experiments import RunSpec, load_run, open_workspace, train_run, train_runs_batched  # noqa: E402
+from workbench.findings.figures import learning_curves  # noqa: E402
+from workbench.findings.plots import save_figure  # noqa: E402
 from workbench.findings.stats import paired_difference, seed_stats  # noqa: E402
 from workbench.io import write_json  # noqa: E402
 from workbench.training.checkpoint import load_student  # noqa: E402
@@ -100,6 +102,10 @@ def report(args) -> dict:
             out["room_fraction_of_teacher_gap"] = (oracle - itc) / gap if gap else None
     if args.json:
         write_json(args.json, out)
+    if args.figures:
+        curves = {arm: {v["seed"]: tuple(zip(*v["val_curve"], strict=True)) for v in vals}
+                  for arm, vals in values.items() if vals}
+        save_figure(learning_curves(curves, metric="validation RSUM (semantic)"), "learning_curves", [args.figures])
     print_summary(out)
     return out
 
@@ -126,6 +132,7 @@ def main() -> None:
     parser.add_argument("--batched", action="store_true", help="train the seeds as one batched model")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--figures", type=Path, default=None, help="report: folder for learning_curves.png / .svg")
     args = parser.parse_args()
     train(args) if args.command == "train" else report(args)
 

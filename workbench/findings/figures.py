@@ -6,7 +6,8 @@ save it with :func:`~workbench.findings.plots.save_figure` (PNG + SVG).
 - Finding 2: :func:`tau_violins` (per-query Kendall tau, hard vs easy window, per compared pair);
 - the headline: :func:`headline_figure` (RSUM per method, ITC and the teacher re-ranker marked);
 - Finding 3: :func:`cosine_curves` (gradient cosine over training steps, mean ± std over seeds) and
-  :func:`lambda_sweep` (a metric against the distillation weight, with reference lines).
+  :func:`lambda_sweep` (a metric against the distillation weight, with reference lines);
+- every comparison: :func:`learning_curves` (validation curves per method and seed, plateau steps marked).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import seaborn as sns
 from scipy import stats
 
 from workbench.findings.plots import method_bars, plt
-from workbench.findings.stats import ArrayLike, as_array
+from workbench.findings.stats import ArrayLike, as_array, plateau_step
 
 GROUP_COLOURS = {"positive": "tab:green", "hard": "tab:red", "easy": "tab:blue", "all": "tab:gray"}
 KDE_MAX = 5000
@@ -180,6 +181,42 @@ def cosine_curves(series: Mapping[str, tuple[ArrayLike, ArrayLike]], *, ylabel: 
     ax.set_xlabel("step")
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def learning_curves(curves: Mapping[str, Mapping[int, tuple[ArrayLike, ArrayLike]]], *, metric: str = "validation RSUM",
+                    tolerance: float = 0.01) -> plt.Figure:
+    """Validation curves per method and seed, each seed's plateau step marked (:func:`plateau_step`): the figure
+    that decides how many steps a comparison needs.
+
+    Args:
+        curves: ``{method: {seed: (steps [S], values [S])}}``.
+        metric: the y-axis label.
+        tolerance: relative distance to the plateau (the mean of the last 3 values) that counts as reached.
+
+    Returns:
+        The figure: a thin line per seed, a dot at the step from which it stays within ``tolerance`` of its plateau,
+        an open circle at its end when the last values still rise (the run should have been longer).
+    """
+    if not curves or not all(curves.values()):
+        raise ValueError(f"curves must map each method to at least one seed's curve, got {dict(curves)!r}")
+    fig, ax = plt.subplots(figsize=(5.6, 3.6))
+    for i, (method, seeds) in enumerate(curves.items()):
+        for j, (seed, (steps, values)) in enumerate(sorted(seeds.items())):
+            x = as_array(f"curves[{method!r}][{seed}] steps", steps, ndim=1)
+            y = as_array(f"curves[{method!r}][{seed}] values", values, ndim=1)
+            plateau = plateau_step(x, y, tolerance=tolerance)
+            label = f"{method} ({len(seeds)} seed{'s' * (len(seeds) > 1)})" if j == 0 else None
+            ax.plot(x, y, color=f"C{i}", lw=1, alpha=0.8, label=label)
+            ax.plot([plateau["step"]], [y[np.flatnonzero(x == plateau["step"])[0]]], "o", color=f"C{i}", ms=4)
+            if not plateau["converged_at_end"]:
+                ax.plot([x[-1]], [y[-1]], "o", mfc="none", color=f"C{i}", ms=8)
+    ax.set_xlabel("step")
+    ax.set_ylabel(metric)
+    ax.set_title(f"dot: within {tolerance:.0%} of the plateau from there on; circle: still rising", fontsize=9)
+    ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
