@@ -154,9 +154,12 @@ def part_phases(ws, members: int, steps: int) -> None:
     per member by nature (its own gallery re-embedded, its own gallery searched) bound the ratio from above."""
     cfgs = configs(members, steps, "default")
     scores = ws.teacher_scores()
-    fit_batched(_members(ws, cfgs, scores), ws.world)  # warm store and allocator
-    alone = phase_seconds(lambda: fit(cfgs[0], ws.world, _members(ws, cfgs[:1], scores)[0].student,
-                                      teacher_scores=scores))
+    def run_alone() -> None:
+        fit(cfgs[0], ws.world, _members(ws, cfgs[:1], scores)[0].student, teacher_scores=scores)
+
+    fit_batched(_members(ws, cfgs, scores), ws.world)  # warm store and allocator for both: a member mines slightly
+    run_alone()  # other pairs than its run alone (float rounding), so each warms its own
+    alone = phase_seconds(run_alone)
     batched = phase_seconds(lambda: fit_batched(_members(ws, cfgs, scores), ws.world))
     print(f"[phases] default world, {cfgs[0].losses[-1].name} & co., gallery pool (refresh every "
           f"{cfgs[0].refresh_every}), {steps} steps; ms of process CPU time per member-step:")

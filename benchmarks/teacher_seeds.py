@@ -4,7 +4,8 @@ the validation curve of flipped relations, and whether each seed meets the relat
     python benchmarks/teacher_seeds.py RUN_DIR [RUN_DIR ...] --out benchmarks/results/teacher_recipe/NAME.json
 
 Criterion (stated before the runs): test minimal-pair accuracy on flip_relation >= 85 %, and swap_colour, swap_shape,
-change_attribute >= 90 %.
+change_attribute >= 90 % ("meets"). The issue's own criterion, "learns relations", is the first half alone
+(flip_relation >= 85 %), reported beside it ("relations").
 """
 
 from __future__ import annotations
@@ -35,17 +36,20 @@ def summarize(run: Path) -> dict:
         "val_flip_curve": [(row["step"], round(row["val_mp_flip_relation"], 1)) for row in history],
         "first_step_val_flip_ge_85": first_85,
         "meets_criterion": all(test[k] >= t for k, t in THRESHOLDS.items()),
+        "learns_relations": test["flip_relation"] >= THRESHOLDS["flip_relation"],
         "train_seconds": round(metrics["train_seconds"]),
     }
 
 
 def table(rows: list[dict]) -> str:
-    head = "| run | seed | " + " | ".join(KINDS) + " | mean | Spearman | meets | val flip >= 85 at | train s |"
+    head = ("| run | seed | " + " | ".join(KINDS)
+            + " | mean | Spearman | relations | meets | val flip >= 85 at | train s |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         t = r["test_minimal_pairs"]
         lines.append(f"| {r['run']} | {r['seed']} | " + " | ".join(f"{t[k]:.1f}" for k in KINDS)
-                     + f" | {t['mean']:.1f} | {r['graded_spearman']:.3f} | {'yes' if r['meets_criterion'] else 'no'}"
+                     + f" | {t['mean']:.1f} | {r['graded_spearman']:.3f} | {'yes' if r['learns_relations'] else 'no'}"
+                     + f" | {'yes' if r['meets_criterion'] else 'no'}"
                      + f" | {r['first_step_val_flip_ge_85'] or '-'} | {r['train_seconds']} |")
     return "\n".join(lines)
 
@@ -60,9 +64,11 @@ def main() -> None:
     print(text)
     if args.out:
         write_json(args.out, {"criterion": THRESHOLDS, "runs": rows,
-                              "seeds_meeting": sum(r["meets_criterion"] for r in rows)})
+                              "seeds_meeting": sum(r["meets_criterion"] for r in rows),
+                              "seeds_learning_relations": sum(r["learns_relations"] for r in rows)})
         args.out.with_suffix(".md").write_text(text + "\n")
-    print(json.dumps({"seeds_meeting": sum(r["meets_criterion"] for r in rows), "runs": len(rows)}))
+    print(json.dumps({"seeds_meeting": sum(r["meets_criterion"] for r in rows),
+                      "seeds_learning_relations": sum(r["learns_relations"] for r in rows), "runs": len(rows)}))
 
 
 if __name__ == "__main__":
