@@ -25,9 +25,9 @@
 # lets the teacher *order* them, and teaches the student that order over the *valid* hard negatives, with an
 # InfoNCE-shaped loss added to the student's contrastive loss (ITC).
 #
-# Full mode took 68 s on the workbench's 2-core CPU (measured before issue 16's changes; README, "Reading
-# group"); `WORKBENCH_SMOKE=1` runs the same cells in seconds on a tiny world, and then every figure and table says
-# that its numbers only show that the code runs.
+# Full mode took about 6 minutes (370 s, `make book`) on the workbench's 2-core CPU with another job on the
+# second core (README, "Reading group"); `WORKBENCH_SMOKE=1` runs the same cells in seconds on a tiny world, and
+# then every figure and table says that its numbers only show that the code runs.
 
 # %%
 # %load_ext autoreload
