@@ -46,7 +46,7 @@ from workbench.evaluation.embed import embed_split_rows
 from workbench.scores.mining import EmbeddingQueue
 from workbench.training.batches import near_miss_columns, sample_batch
 from workbench.training.checkpoint import save_trainer_state
-from workbench.training.common import make_optimizer, seed_everything
+from workbench.training.common import make_optimizer, needs_teacher, seed_everything, teacher_reason
 from workbench.training.config import ITC, FitConfig
 from workbench.training.loop import (
     BatchView,
@@ -59,9 +59,7 @@ from workbench.training.loop import (
     build_losses,
     check_world,
     itc_terms_lazy,
-    needs_teacher,
     sides,
-    teacher_reason,
 )
 from workbench.training.slates import distill_slate, teacher_pairs, with_teacher
 from workbench.training.stacked import MemberView, StackedStudents, member_optimizer_state

@@ -67,18 +67,17 @@ def sample_hard(sim: torch.Tensor, positive: torch.Tensor, generator: torch.Gene
     return torch.multinomial(F.softmax(logits, dim=1), 1, generator=generator).squeeze(1)
 
 
-def needs_teacher(cfg: FitConfig) -> bool:
-    """Whether any distillation term reads teacher scores (``infonce`` on mined slates, e.g., does not), or the
-    slates drop the teacher's detected false negatives (``drop_teacher_matches``)."""
-    if cfg.drop_teacher_matches and cfg.distill_terms:
-        return True
-    return any(loss_spec(t.name).needs_teacher for t in cfg.distill_terms)
-
-
 def teacher_reason(cfg: FitConfig) -> str:
-    """What in ``cfg`` reads the teacher, in words (for the error when no teacher scores are given)."""
+    """What in ``cfg`` reads the teacher, in words ("" when nothing does): distillation terms that read teacher
+    scores (``infonce`` on mined slates, e.g., does not), and slates that drop the teacher's detected false
+    negatives (``drop_teacher_matches``)."""
     names = [t.name for t in cfg.distill_terms if loss_spec(t.name).needs_teacher]
     parts = [f"loss terms {names}"] if names else []
     if cfg.drop_teacher_matches and cfg.distill_terms:
         parts.append("drop_teacher_matches=True (the teacher detects the slates' false negatives)")
     return " and ".join(parts)
+
+
+def needs_teacher(cfg: FitConfig) -> bool:
+    """Whether a run of ``cfg`` reads teacher scores (:func:`teacher_reason` names why)."""
+    return bool(teacher_reason(cfg))
