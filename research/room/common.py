@@ -48,21 +48,29 @@ def get_stem(world_name: str, world=None):
     return stem
 
 
+def mined_pairs(img_emb: torch.Tensor, txt_emb: torch.Tensor, split: Split, direction: str, k: int = 8):
+    """The gallery-mined top-``k`` negatives of every query of ``split`` (own captions excluded: the "coco"
+    relation) as (image ids long [Q, k], caption ids long [Q, k], valid bool [Q, k])."""
+    from workbench.scores.mining import mine_hard_negatives, relation_exclude
+
+    q, c = (img_emb, txt_emb) if direction == "i2t" else (txt_emb, img_emb)
+    own = relation_exclude(split.relations()["coco"], direction)
+    mined = mine_hard_negatives(q.float(), c.float(), k, positives=own)
+    rows = torch.arange(len(q))[:, None].expand_as(mined.indices)
+    idx = mined.indices.clamp(min=0)
+    img, cap = (rows, idx) if direction == "i2t" else (idx, rows)
+    return img, cap, mined.valid
+
+
 @torch.no_grad()
 def false_negative_rate(img_emb: torch.Tensor, txt_emb: torch.Tensor, split: Split, k: int = 8) -> dict[str, float]:
     """Share of gallery-mined top-``k`` negatives (own captions excluded: the split's "coco" relation) that are
     semantically true for the query pair, per direction, plus the share of queries with >= 1 such negative."""
-    from workbench.scores.mining import mine_hard_negatives, relation_exclude
-
-    rel = split.relations()
-    sem = rel["semantic"]
+    sem = split.relations()["semantic"]
     out = {}
-    for direction, (q, c) in {"i2t": (img_emb, txt_emb), "t2i": (txt_emb, img_emb)}.items():
-        mined = mine_hard_negatives(q.float(), c.float(), k, positives=relation_exclude(rel["coco"], direction))
-        rows = torch.arange(len(q))[:, None].expand_as(mined.indices)
-        idx = mined.indices.clamp(min=0)
-        img, cap = (rows, idx) if direction == "i2t" else (idx, rows)
-        truth = sem.pairs(img.flatten(), cap.flatten()).reshape(idx.shape) & mined.valid
-        out[f"fn_rate_{direction}"] = 100 * truth.float().sum().item() / mined.valid.sum().item()
+    for direction in ("i2t", "t2i"):
+        img, cap, valid = mined_pairs(img_emb, txt_emb, split, direction, k)
+        truth = sem.pairs(img.flatten(), cap.flatten()).reshape(img.shape) & valid
+        out[f"fn_rate_{direction}"] = 100 * truth.float().sum().item() / valid.sum().item()
         out[f"fn_any_{direction}"] = 100 * truth.any(1).float().mean().item()
     return out

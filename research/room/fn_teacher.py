@@ -12,30 +12,22 @@ true negatives dropped with them (collateral).
 from __future__ import annotations
 
 import argparse
+import functools
+import json
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from research.room.common import mined_pairs  # noqa: E402
 from workbench.data.world import WorldConfig  # noqa: E402
 from workbench.evaluation.embed import embed_split  # noqa: E402
 from workbench.experiments import open_workspace  # noqa: E402
 from workbench.findings.stats import seed_stats  # noqa: E402
 from workbench.io import read_json, write_json  # noqa: E402
-from workbench.scores.mining import mine_hard_negatives, relation_exclude  # noqa: E402
 from workbench.training.checkpoint import load_student  # noqa: E402
-
-
-def mined_pairs(img_emb, txt_emb, split, direction: str, k: int):
-    """(image ids, caption ids) long [Q, K] of the gallery-mined top-k negatives, and their valid mask."""
-    rel = split.relations()
-    q, c = (img_emb, txt_emb) if direction == "i2t" else (txt_emb, img_emb)
-    mined = mine_hard_negatives(q.float(), c.float(), k, positives=relation_exclude(rel["coco"], direction))
-    rows = torch.arange(len(q))[:, None].expand_as(mined.indices)
-    idx = mined.indices.clamp(min=0)
-    img, cap = (rows, idx) if direction == "i2t" else (idx, rows)
-    return img, cap, mined.valid
+from workbench.training.slates import teacher_matches  # noqa: E402
 
 
 def detection(truth: torch.Tensor, flagged: torch.Tensor, valid: torch.Tensor) -> dict[str, float]:
@@ -50,8 +42,7 @@ def detection(truth: torch.Tensor, flagged: torch.Tensor, valid: torch.Tensor) -
 
 @torch.no_grad()
 def measure(run: Path, threshold: float, k: int, store: Path | None) -> dict[str, dict[str, float]]:
-    world = WorldConfig(**read_json(run / "config.json")["data"]["world"])
-    ws = open_workspace(world, store_path=store)
+    ws = workspace(json.dumps(read_json(run / "config.json")["data"]["world"], sort_keys=True), store)
     student = load_student(run / "checkpoint").eval()
     img_emb, txt_emb = embed_split(student, ws.world.train)
     scores = ws.teacher_scores("train")
@@ -60,8 +51,15 @@ def measure(run: Path, threshold: float, k: int, store: Path | None) -> dict[str
         img, cap, valid = mined_pairs(img_emb, txt_emb, ws.world.train, direction, k)
         truth = ws.world.train.relations()["semantic"].pairs(img.flatten(), cap.flatten()).reshape(img.shape)
         _, probs = scores(img.flatten(), cap.flatten())
-        out[direction] = detection(truth, probs.reshape(img.shape) >= threshold, valid)
+        flagged = teacher_matches(probs.reshape(img.shape), torch.zeros_like(valid), threshold)  # the trainer's rule
+        out[direction] = detection(truth, flagged, valid)
     return out
+
+
+@functools.lru_cache(maxsize=2)
+def workspace(world_json: str, store: Path | None):
+    """One workspace (world built, teacher loaded) per world the runs were trained on."""
+    return open_workspace(WorldConfig(**json.loads(world_json)), store_path=store)
 
 
 def main() -> None:
