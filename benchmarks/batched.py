@@ -221,8 +221,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        if args.part in ("cpu", "all"):
+        if args.part in ("cpu", "phases", "all"):
             ws = open_workspace(WORLD_PRESETS["default"], store_path=Path(tmp) / "default.sqlite")
+        if args.part in ("cpu", "all"):
             r = batched_vs_alone(ws, configs(args.members, args.steps, "default"), args.repeats, "all")
             for unit in ("cpu", "wall"):
                 ratio = r[f"batched_{unit}"] / r[f"alone_{unit}"]
@@ -230,7 +231,6 @@ def main() -> None:
                       f"{r[f'batched_{unit}']:.2f} vs one after another {r[f'alone_{unit}']:.2f} member-steps/s: "
                       f"{ratio:.2f}x (target 3x: {'met' if ratio >= 3 else 'not met'})")
         if args.part in ("phases", "all"):
-            ws = open_workspace(WORLD_PRESETS["default"], store_path=Path(tmp) / "default.sqlite")
             part_phases(ws, args.members, args.steps)
         ws = open_workspace(WORLD_PRESETS["smoke"], store_path=Path(tmp) / "smoke.sqlite")
         if args.part in ("overhead", "all"):
