@@ -49,7 +49,8 @@ def image_grid(images: torch.Tensor, captions: Sequence[Sequence[str]], ncols: i
     nrows = int(np.ceil(n / ncols))
     titles = ["\n".join(textwrap.fill(line, 38, subsequent_indent="  ") for line in lines) for lines in captions]
     lines = max((t.count("\n") + 1 for t in titles), default=1)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, (2.8 + 0.19 * lines) * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, (2.8 + 0.19 * lines) * nrows), squeeze=False,
+                             layout="constrained")  # keeps every row's multi-line titles clear of the row above
     for ax in axes.flat:
         ax.axis("off")
     for i, ax in enumerate(axes.flat[:n]):
@@ -58,7 +59,6 @@ def image_grid(images: torch.Tensor, captions: Sequence[Sequence[str]], ncols: i
         for k in (8, 16):
             ax.axhline(k - 0.5, color="white", lw=0.3, alpha=0.4)
             ax.axvline(k - 0.5, color="white", lw=0.3, alpha=0.4)
-    fig.tight_layout()
     return fig
 
 
