@@ -31,7 +31,7 @@ from pathlib import Path
 
 from workbench.io import CheckpointError
 
-REPRODUCE_PROFILES = ["smoke", "quick", "full", "demo"]  # workbench.experiments.plan.PROFILES (a test keeps them equal)
+REPRODUCE_PROFILES = ["smoke", "quick", "full", "cpu", "demo"]  # workbench.experiments.plan.PROFILES (a test keeps them equal)
 
 DEFAULT_STORE = "runs/teacher_scores.sqlite"
 

@@ -21,7 +21,7 @@ from workbench.experiments.parallel import Job
 from workbench.training.config import FitConfig, LossTerm, profile
 
 ITC = LossTerm("itc")
-GROUPS = ("headline", "baselines", "scale", "negatives", "lambda", "validity", "controlled", "levers")
+GROUPS = ("headline", "baselines", "scale", "intervention", "negatives", "lambda", "validity", "controlled", "levers")
 ALL_GROUPS = GROUPS
 
 # The distillation setting shared by every method (a group changes one thing).
@@ -70,7 +70,8 @@ class Variant:
 
     def config(self, p: ReproduceProfile, seed: int) -> FitConfig:
         """This variant's FitConfig under profile ``p`` for one seed."""
-        base = profile(p.fit, steps=p.steps, seed=seed, eval_every=max(1, p.steps // 4))
+        sizes = {"warmup": p.warmup} if p.warmup is not None else {}
+        base = profile(p.fit, steps=p.steps, seed=seed, eval_every=max(1, p.steps // p.evals), **sizes)
         return replace(base, **{**BASE, **dict(self.changes), "losses": self.losses})
 
 
@@ -99,6 +100,10 @@ class ReproduceProfile:
     probe_seeds: int = 3  # runs (seeds) of each headline method that track gradient coordination
     full_list: str = "all"  # Finding 2's "full list": "all" (the whole batch) or "hard+easy" (K hard + K easy)
     groups: tuple[str, ...] | None = None  # the groups run when none are asked for (None: all)
+    methods: tuple[str, ...] | None = None  # the headline methods (METHODS keys, ITC first; None: all)
+    orders: tuple[str, ...] = ("random", "truth")  # Finding 2's intervention: orders besides the teacher's (ORDERS)
+    warmup: int | None = None  # warm-up steps (None: the fit profile's)
+    evals: int = 4  # validation evaluations per run (eval_every = steps // evals)
 
     def seed_count(self, variant: Variant) -> int:
         return self.seeds if variant.seeds == "main" else self.extra_seeds
@@ -128,14 +133,21 @@ CONTROLLED = {  # ground-truth teachers: name -> (ControlledTeacher settings, la
                       "CPRD, ground-truth teacher that ignores relations (an order a relation-blind student can "
                       "represent)"),
 }
+ORDERS = {  # Finding 2's intervention: the order ListMLE distils, as a ControlledTeacher -> (settings, label)
+    "random": ({"concentration": 0.0, "noise": 1.0}, "a random order (a fixed random score per pair)"),
+    "truth": ({"noise": 1e-3}, "the true-relevance order (ties broken by a fixed random score)"),
+}
+WINDOWS = {"hard": ({}, "the student's K hard negatives"),
+           "easy": ({"negatives": "easy", "easy_rank": 64}, "K easy negatives (sampled beyond rank 64)")}
 SCALE_VIEWS = {"probability": "the teacher's match probabilities", "tempered": "the teacher's logits / 4"}
 
 
 def variants(p: ReproduceProfile) -> list[Variant]:
     """Every variant the profile runs, headline first (its ITC run feeds the store prefill)."""
-    rows = [Variant(m, "headline", "How much does each distillation method add to ITC, at weight 1?", label,
-                    terms, rerank=m == "itc", probe=m != "itc", seeds="main")
-            for m, (terms, label) in METHODS.items()]
+    methods = p.methods or tuple(METHODS)
+    rows = [Variant(m, "headline", "How much does each distillation method add to ITC, at weight 1?",
+                    METHODS[m][1], METHODS[m][0], rerank=m == "itc", probe=m != "itc", seeds="main")
+            for m in methods]
     rows += [
         Variant("mined_itc", "baselines", "Do the mined slates alone (no teacher) help?",
                 "ITC + InfoNCE on the mined slates (no teacher)", (ITC, LossTerm("infonce")), seeds="main"),
@@ -148,9 +160,8 @@ def variants(p: ReproduceProfile) -> list[Variant]:
                          changes={"teacher_output": view, "teacher_temperature": 4.0}) for view in p.scale_views]
     full = {"negatives": "all", "pool": "batch"} if p.full_list == "all" else {"negatives": "hard+easy",
                                                                                   "easy_rank": 64}
-    rows += [  # Finding 2: rank distillation over easy negatives / the full list (hard = the headline's listmle)
-        Variant("listmle_easy", "negatives", "Does the order among easy negatives carry knowledge?",
-                "easy (beyond rank R)", METHODS["listmle"][0], changes={"negatives": "easy", "easy_rank": 64}),
+    rows += _intervention(p)
+    rows += [  # Finding 2: the full list (hard = the headline's listmle)
         Variant(f"listmle_{p.full_list.replace('+', '_')}", "negatives", "Does the full list add to hard negatives?",
                 "all (whole batch)" if p.full_list == "all" else "hard + easy (K of each)", METHODS["listmle"][0],
                 changes=full),
@@ -172,6 +183,22 @@ def variants(p: ReproduceProfile) -> list[Variant]:
     return rows
 
 
+def _intervention(p: ReproduceProfile) -> list[Variant]:
+    """Finding 2's intervention: ListMLE over hard or easy negatives, distilling the teacher's order or one of
+    ``p.orders`` (hard + the teacher's order is the headline's ``listmle``)."""
+    rows = []
+    for window, (changes, where) in WINDOWS.items():
+        for order in ("teacher", *p.orders):
+            if window == "hard" and order == "teacher":
+                continue
+            what = "the teacher's order" if order == "teacher" else ORDERS[order][1]
+            rows.append(Variant(f"listmle_{window}" + ("" if order == "teacher" else f"_{order}"), "intervention",
+                                "Which order over which negatives carries knowledge?", f"ListMLE over {where}, {what}",
+                                METHODS["listmle"][0], changes=changes,
+                                controlled=None if order == "teacher" else ORDERS[order][0]))
+    return rows
+
+
 def _check_unique(rows: list[Variant]) -> None:
     names = [v.name for v in rows]
     duplicated = sorted({n for n in names if names.count(n) > 1})
@@ -189,6 +216,12 @@ PROFILES = {
     # make demo: the headline table with 3 seeds and the Finding 1 figures in minutes on a 2-core CPU. NOT at
     # convergence on the default world (contrast-chain-v1 + moments-v1): ITC's validation RSUM at 500 steps is ~7 %
     # below its plateau, reached at ~2,000 steps (benchmarks/results/room/); converged comparisons need `full`.
+    # the fair test at the largest size a 2-core CPU finishes in a few hours (docs/protocol.md, "CPU profile"):
+    # 2,000 steps (ITC's validation RSUM within 1 % of its plateau, learning curves in benchmarks/results/room/),
+    # 3 seeds, the headline's ITC / CPRD / ListMLE / KL at λ = 1 (no tuning grid) and Finding 2's intervention.
+    "cpu": ReproduceProfile("cpu", "default", "full", 2000, 3, 3, (), (), (), (), probe_seeds=0,
+                            groups=("headline", "intervention"), methods=("itc", "cprd", "listmle", "kl"),
+                            orders=("random", "truth"), warmup=100, evals=10),
     "demo": ReproduceProfile("demo", "default", "quick", 600, 3, 1, (), (), (), (), probe_seeds=0,
                              full_list="hard+easy", groups=("headline",)),
 }
