@@ -229,7 +229,8 @@ if findings_path is not None and findings_path.is_file():
     show_table(pd.DataFrame({m: {v: f"{s['mean']:.1f} ± {s['std']:.1f}" for v, s in d.items()}
                              for m, d in f1["scale_check"].items()}).T.rename_axis("RSUM by teacher view"),
                smoke=SMOKE)
-    print(f"verdict: Finding 1 {'holds' if findings['verdicts']['finding1'] else 'does not hold'} here.\n"
+    verdict = findings["verdicts"]["finding1"]
+    print(f"verdict: Finding 1 {verdict['verdict']} here ({verdict['reason']}).\n"
           f"rule: {RULES['finding1']}")
 else:
     print("no findings.json from `make demo` here (smoke mode never reads it): run `make demo` (quick profile) to see "

@@ -189,7 +189,8 @@ if findings_path is not None and findings_path.is_file():
     findings = read_json(findings_path)
     ablation = findings["finding2"]["ablation_rsum"]
     show_table(pd.DataFrame(ablation).T.round(1).rename_axis("ListMLE over ... (RSUM, test, semantic)"), smoke=SMOKE)
-    print(f"verdict: Finding 2 {'holds' if findings['verdicts']['finding2'] else 'does not hold'} here.\n"
+    verdict = findings["verdicts"]["finding2"]
+    print(f"verdict: Finding 2 {verdict['verdict']} here ({verdict['reason']}).\n"
           f"rule: {RULES['finding2']}")
 else:
     print("no findings.json from `make demo` here (smoke mode never reads it): run `make demo` (quick profile) to see "

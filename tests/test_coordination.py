@@ -235,3 +235,42 @@ def test_held_out_itc_change_follows_the_gradient_and_restores_the_model() -> No
     out = held_out_itc_change(model, terms, held_out, step=0.01, skip=("scale",))
     assert out["same"] < 0 < out["opposite"] and out["unrelated"] is None
     assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
+
+
+def test_batch_terms_and_slates_are_the_terms_batch_terms_builds(world) -> None:
+    from workbench.training.loop import batch_terms_and_slates
+
+    cfg = FitConfig(losses=TERMS, batch=16, k=4)
+    torch.manual_seed(4)
+    student = DualEncoder(SMALL)
+    img, cap = sample_pairs(world.train, cfg.batch, torch.Generator().manual_seed(2))
+    terms = batch_terms(student, cfg, world, img, cap, torch.Generator().manual_seed(9), teacher_scores=_teacher(world))
+    again, slates = batch_terms_and_slates(student, cfg, world, img, cap, torch.Generator().manual_seed(9),
+                                           teacher_scores=_teacher(world))
+    assert {k: v.item() for k, v in terms.items()} == {k: v.item() for k, v in again.items()}
+    assert len(slates) == 2 and all(sl.student.shape[0] == cfg.batch for sl in slates)
+    assert all((sl.positive & sl.mask).any(-1).all() for sl in slates)  # every row holds its positive
+    _, none = batch_terms_and_slates(student, FitConfig(batch=16), world, img, cap, torch.Generator())
+    assert none == []  # ITC alone mines no slate
+
+
+def test_shared_slate_coordination_on_the_world(world) -> None:
+    from types import SimpleNamespace
+
+    from workbench.findings.coordination import shared_slate_coordination
+
+    cfg = FitConfig(losses=(LossTerm("itc"), LossTerm("cprd", 1.0, {"validity": "top", "m": 2}), LossTerm("kl"),
+                            LossTerm("listmle")), batch=16, k=4, pool="gallery")
+    torch.manual_seed(5)
+    student = DualEncoder(SMALL)
+    before = {n: p.detach().clone() for n, p in student.state_dict().items()}
+    data = SimpleNamespace(train=world.val)
+    out = shared_slate_coordination(student, cfg, data, _teacher(world), batch=16)
+    assert set(out) == {"itc", "cprd", "kl", "listmle"}
+    assert out["itc"]["neg_up"] == 0.0  # ITC against itself (the control)
+    for name in ("cprd", "listmle"):  # rank losses never move the positive: every negative pushed up rises above it
+        assert 0.0 <= out[name]["neg_up"] <= 1.0 and out[name]["above_pos"] == out[name]["neg_up"]
+        assert out[name]["pos_down"] == 0.0
+    assert all(isinstance(v["held_out_itc_change"], float) for v in out.values())
+    assert all(torch.equal(before[n], p) for n, p in student.state_dict().items())
+    assert shared_slate_coordination(student, cfg, data, _teacher(world), batch=16) == out  # repeatable

@@ -30,7 +30,8 @@ def test_reproduce_smoke_end_to_end(tmp_path, monkeypatch):
     # copy every figure into the repository's figures/)
     monkeypatch.setitem(PROFILES, "tiny", PROFILES["smoke"])
     before = repo_status()
-    findings = reproduce("tiny", out, groups=("headline", "negatives", "validity"), workers=2, log=lambda *_: None)
+    groups = ("headline", "intervention", "room", "validity")
+    findings = reproduce("tiny", out, groups=groups, workers=2, log=lambda *_: None)
     assert repo_status() == before
     data = json.loads((out / "findings.json").read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON {c}"))
     for method in ("itc", "kl", "mse", "ranknet", "listnet", "listmle", "cprd", "teacher_rerank"):
@@ -38,7 +39,14 @@ def test_reproduce_smoke_end_to_end(tmp_path, monkeypatch):
             assert {"mean", "std"} <= data[key][method]["rsum"].keys()
             assert {"r1_i2t", "r1_t2i"} <= data[key][method].keys()
     assert set(data["verdicts"]) == {"finding1", "finding2", "finding3"}
-    assert all(isinstance(v, bool) for v in data["verdicts"].values())
+    verdicts = {"reproduced", "not reproduced", "inconclusive", "untestable"}
+    assert all(v["verdict"] in verdicts and v["reason"] for v in data["verdicts"].values())
+    # the protocol's analyses: paired by seed, per-seed values kept, the intervention and the shared slates
+    assert data["paired"]["semantic"]["cprd"]["n"] == 2 and len(data["per_seed_rsum"]["semantic"]["itc"]) == 2
+    assert {"hard/teacher", "hard/random", "hard/truth", "easy/teacher", "easy/random"} <= set(
+        data["finding2"]["intervention"]["arms"])
+    assert {"cprd", "listmle", "kl", "itc"} <= set(data["finding3"]["shared_slates"]["stats"])
+    assert data["room"] is not None and "oracle" in data["per_seed_rsum"]["semantic"]
     for f in ("finding1", "finding2", "finding3"):
         assert data[f]
     report = (out / "report.md").read_text()
@@ -52,7 +60,7 @@ def test_reproduce_smoke_end_to_end(tmp_path, monkeypatch):
             assert (out / "figures" / f"{name}.{ext}").stat().st_size > 1000
     assert findings["headline"]["available"]
 
-    again = reproduce("tiny", out, groups=("headline", "negatives", "validity"), workers=2, log=lambda *_: None)
+    again = reproduce("tiny", out, groups=groups, workers=2, log=lambda *_: None)
     assert again["retrieval"] == findings["retrieval"]  # finished runs are reused, not retrained
 
 

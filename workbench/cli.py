@@ -31,7 +31,8 @@ from pathlib import Path
 
 from workbench.io import CheckpointError
 
-REPRODUCE_PROFILES = ["smoke", "quick", "full", "cpu", "demo"]  # workbench.experiments.plan.PROFILES (a test keeps them equal)
+# workbench.experiments.plan.PROFILES (a test keeps them equal)
+REPRODUCE_PROFILES = ["smoke", "quick", "full", "cpu", "demo"]
 
 DEFAULT_STORE = "runs/teacher_scores.sqlite"
 

@@ -21,7 +21,8 @@ from workbench.experiments.parallel import Job
 from workbench.training.config import FitConfig, LossTerm, profile
 
 ITC = LossTerm("itc")
-GROUPS = ("headline", "baselines", "scale", "intervention", "negatives", "lambda", "validity", "controlled", "levers")
+GROUPS = ("headline", "baselines", "room", "scale", "intervention", "negatives", "lambda", "validity", "controlled",
+          "levers")
 ALL_GROUPS = GROUPS
 
 # The distillation setting shared by every method (a group changes one thing).
@@ -103,6 +104,7 @@ class ReproduceProfile:
     methods: tuple[str, ...] | None = None  # the headline methods (METHODS keys, ITC first; None: all)
     orders: tuple[str, ...] = ("random", "truth")  # Finding 2's intervention: orders besides the teacher's (ORDERS)
     warmup: int | None = None  # warm-up steps (None: the fit profile's)
+    departures: tuple[str, ...] = ()  # where this profile departs from docs/protocol.md (shown in the report)
     evals: int = 4  # validation evaluations per run (eval_every = steps // evals)
 
     def seed_count(self, variant: Variant) -> int:
@@ -133,6 +135,8 @@ CONTROLLED = {  # ground-truth teachers: name -> (ControlledTeacher settings, la
                       "CPRD, ground-truth teacher that ignores relations (an order a relation-blind student can "
                       "represent)"),
 }
+ORACLE = {"positives": "semantic", "near_misses": True, "near_miss_count": 0, "group_batches": True}
+"""The oracle student's privileged signal (the room's upper end, ``research/room/room_runs.py``)."""
 ORDERS = {  # Finding 2's intervention: the order ListMLE distils, as a ControlledTeacher -> (settings, label)
     "random": ({"concentration": 0.0, "noise": 1.0}, "a random order (a fixed random score per pair)"),
     "truth": ({"noise": 1e-3}, "the true-relevance order (ties broken by a fixed random score)"),
@@ -154,6 +158,9 @@ def variants(p: ReproduceProfile) -> list[Variant]:
         Variant("negclip", "baselines", "Do caption near-misses as negatives (no teacher) help?",
                 "ITC + caption near-misses (NegCLIP-style, no teacher)", changes={"near_misses": True}, seeds="main"),
     ]
+    rows.append(Variant("oracle", "room", "How far could a student get with privileged negatives (the room)?",
+                        "oracle student: every near-miss as a negative, contrast-group batches, semantic positives "
+                        "(ITC only, privileged)", changes=ORACLE, seeds="main"))
     for method in ("kl", "cprd"):  # Finding 1: the teacher's logits vs probabilities vs tempered logits
         rows += [Variant(f"{method}_{view}", "scale", "Does the teacher's score scale change what transfers?",
                          f"{METHODS[method][1]}, fed {SCALE_VIEWS[view]}", METHODS[method][0],
@@ -221,7 +228,13 @@ PROFILES = {
     # 3 seeds, the headline's ITC / CPRD / ListMLE / KL at λ = 1 (no tuning grid) and Finding 2's intervention.
     "cpu": ReproduceProfile("cpu", "default", "full", 2000, 3, 3, (), (), (), (), probe_seeds=0,
                             groups=("headline", "intervention"), methods=("itc", "cprd", "listmle", "kl"),
-                            orders=("random", "truth"), warmup=100, evals=10),
+                            orders=("random", "truth"), warmup=100, evals=10,
+                            departures=("3 seeds, not the 5 of the full profile", "no tuning grid: every method at "
+                                        "λ = 1 on the teacher's logits", "methods: ITC, CPRD, ListMLE, KL only (no "
+                                        "MSE, RankNet, ListNet, cprd_chain, mined_itc, negclip)",
+                                        "no oracle run: the room is the room issue's (benchmarks/results/room/)",
+                                        "learning curves from the room issue's ITC runs (validation every 1/8, "
+                                        "not 1/20, of 4,000 steps)")),
     "demo": ReproduceProfile("demo", "default", "quick", 600, 3, 1, (), (), (), (), probe_seeds=0,
                              full_list="hard+easy", groups=("headline",)),
 }

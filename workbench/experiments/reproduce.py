@@ -21,6 +21,7 @@ import torch
 from workbench.device import release_host_memory
 from workbench.evaluation.evaluate import evaluate_teacher
 from workbench.evaluation.slates import EvalSlates, build_eval_slates
+from workbench.experiments import protocol as fair
 from workbench.experiments.parallel import Job, run_jobs
 from workbench.experiments.plan import BASE, METHODS, PROFILES, VALIDITY, ReproduceProfile, Variant, jobs, variants
 from workbench.experiments.runs import fill_store
@@ -179,6 +180,8 @@ def reproduce(profile_name: str, out: Path, *, teacher_dir: str | Path | None = 
     slates = {d: build_eval_slates(student, ws.teacher, ws.world.test, d) for d in ("i2t", "t2i")}
     f1, views = finding1(slates, runs, table)
     f2, taus = finding2(slates, runs, table)
+    fair = fair_test(ws, todo, results, table, slates)
+    f1["transfer"], f2["intervention"] = fair.pop("transfer"), fair.pop("intervention")
     findings = {
         "profile": profile_name, "seconds": None,
         "variants": {v.name: {"group": v.group, "label": v.label, "question": v.question} for v in table},
@@ -187,6 +190,8 @@ def reproduce(profile_name: str, out: Path, *, teacher_dir: str | Path | None = 
         "finding1": f1, "finding2": f2, "finding3": finding3(runs, {k: v for k, v in histories.items() if v}, table),
         "validity": validity_analysis(slates, runs), "teacher": _teacher_metrics(ws),
     }
+    findings["finding3"]["shared_slates"] = fair.pop("shared_slates")
+    findings |= fair
     findings["verdicts"] = verdicts(findings)
     findings["headline"] = headline_verdict(findings)
     findings["seconds"] = time.time() - start
@@ -197,6 +202,24 @@ def reproduce(profile_name: str, out: Path, *, teacher_dir: str | Path | None = 
     (out / "report.md").write_text(render_report(findings, p, figures))
     log(f"[reproduce] wrote {out / 'report.md'} in {findings['seconds'] / 60:.1f} min")
     return findings
+
+
+def fair_test(ws: BuiltinWorkspace, done: list[Job], results: dict[Path, dict], table: list[Variant],
+              slates: dict[str, EvalSlates]) -> dict[str, Any]:
+    """The protocol's analyses (:mod:`workbench.experiments.protocol`): test RSUM paired by seed against ITC and
+    against CPRD, each run's convergence, the room (when an oracle ran), Finding 1's transfer, Finding 2's order
+    intervention and Finding 3 on shared slates."""
+    rsums = {p: fair.per_seed(done, fair.test_rsum(results, p)) for p in ("semantic", "coco")}
+    conv = fair.convergence(done)
+    heads = [v.name for v in table if v.group in ("headline", "baselines")]
+    vs_cprd = {p: {k: d for k, d in fair.paired_against({n: x for n, x in r.items() if n in heads}, "cprd").items()
+                   if k != "itc"} for p, r in rsums.items()}
+    return {"per_seed_rsum": rsums, "paired": {p: fair.paired_against(r, "itc") for p, r in rsums.items()},
+            "paired_cprd": vs_cprd, "convergence": conv, "room": fair.room(rsums["semantic"]),
+            "transfer": fair.transfer(rsums["semantic"], conv),
+            "intervention": fair.intervention(rsums["semantic"], table, slates),
+            "shared_slates": fair.shared_slates(ws, fair.seeds_of(done, "itc"),
+                                                [v.name for v in table if v.group == "headline"])}
 
 
 def _train_all(ws: BuiltinWorkspace, p: ReproduceProfile, todo: list[Job], workers: int | None,

@@ -15,6 +15,7 @@ near 0 = unrelated; negative = they fight (the prototype saw a CPRD term drag th
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -28,7 +29,14 @@ from workbench.losses import ScoreBatch
 from workbench.models.student import DualEncoder
 from workbench.training.batches import sample_pairs
 from workbench.training.config import ITC, FitConfig
-from workbench.training.loop import MiningPools, batch_terms, needs_teacher, objective
+from workbench.training.loop import (
+    MiningPools,
+    batch_terms,
+    batch_terms_and_slates,
+    build_losses,
+    needs_teacher,
+    objective,
+)
 
 Params = nn.Module | Iterable[tuple[str, torch.Tensor]]
 
@@ -267,3 +275,54 @@ def held_out_itc_change(student: nn.Module, terms: Mapping[str, torch.Tensor], h
             for (_, p), x in zip(named, saved, strict=True):
                 p.copy_(x)
     return out
+
+
+def shared_slate_coordination(student: DualEncoder, cfg: FitConfig, data: Any, teacher_scores: Callable, *,
+                              batch: int = 128, seed: int = 0, held_out_seed: int = 1, step: float = 0.05
+                              ) -> dict[str, dict[str, float | None]]:
+    """Finding 3 comparing like with like: every distillation term of ``cfg`` on one shared mined slate.
+
+    The trainer's own code (:func:`~workbench.training.loop.batch_terms_and_slates`) mines one slate per query of a
+    batch drawn from ``data.train`` (positive + the student's K hard negatives, both directions) and builds every
+    term of ``cfg`` on it. Per term: :func:`slate_pushes` against ITC (InfoNCE) on that slate (the mean of the two
+    directions), :func:`held_out_itc_change` against the ITC loss of another batch of ``data.train`` (a step of
+    length ``step`` on the term alone, the logit scale fixed), and the term's gradient on the logit scale
+    (``grad_log_scale``: > 0 means the term alone lowers the scale).
+
+    Args:
+        student: the student whose state is compared (e.g. a trained ITC student; left unchanged).
+        cfg: ITC and the distillation terms to compare (weights are irrelevant: shares and equal-length steps).
+        data: anything with a ``train`` split (e.g. ``SimpleNamespace(train=world.val)`` for validation slates).
+        teacher_scores: the teacher's scores on that split.
+
+    Returns:
+        ``{term: {"neg_up", "above_pos", "pos_down", "held_out_itc_change", "grad_log_scale"}}`` for every term.
+    """
+    was_training = student.training
+    gen = torch.Generator().manual_seed(seed)
+    img, cap = sample_pairs(data.train, batch, gen)
+    terms, slates = batch_terms_and_slates(student, cfg, data, img, cap, gen, teacher_scores=teacher_scores)
+    losses = {name: fn for name, fn in build_losses(cfg).items() if name != ITC}
+    shares = [slate_pushes(sl, losses) for sl in slates]
+    itc_only = replace(cfg, losses=(next(t for t in cfg.losses if t.name == ITC),))
+    held_gen = torch.Generator().manual_seed(held_out_seed)
+    held_img, held_cap = sample_pairs(data.train, batch, held_gen)
+
+    def held_out() -> torch.Tensor:
+        return batch_terms(student, itc_only, data, held_img, held_cap, torch.Generator().manual_seed(0))[ITC]
+
+    report = gradient_report(student, terms)  # before the steps: they change the parameters in place
+    change = held_out_itc_change(student, terms, held_out, step=step)
+    student.train(was_training)
+    out = {}
+    for name in terms:
+        key = "infonce" if name == ITC else name
+        out[name] = {k: _mean_or_none([s[key][k] for s in shares]) for k in ("neg_up", "above_pos", "pos_down")}
+        out[name] |= {"held_out_itc_change": change[name],
+                      "grad_log_scale": report.get(f"grad_log_scale_{name}")}
+    return out
+
+
+def _mean_or_none(xs: list[float | None]) -> float | None:
+    vals = [x for x in xs if x is not None]
+    return sum(vals) / len(vals) if vals else None

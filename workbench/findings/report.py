@@ -89,18 +89,45 @@ def controls_md(retrieval: dict, names: dict[str, str], variants: dict[str, dict
                       "seeds": retrieval[k]["rsum"]["n"]} for k in keys if k in retrieval])
 
 
+def ci(d: Mapping[str, Any] | None, digits: int = 1) -> str:
+    """``mean [low, high]`` of a paired difference (95 % CI); ``–`` when missing."""
+    if not d or d.get("mean") is None:
+        return "–"
+    if d.get("ci95") is None:
+        return f"{d['mean']:+.{digits}f} ({d.get('n', 1)} seed)"
+    return f"{d['mean']:+.{digits}f} [{d['ci95'][0]:+.{digits}f}, {d['ci95'][1]:+.{digits}f}]"
+
+
 def _verdict(f: dict, key: str) -> str:
-    ok = f["verdicts"][key]
-    return f"**Verdict: {'reproduced' if ok else 'not reproduced'}** on this world (rule: {RULES[key]})"
+    v = f["verdicts"][key]
+    return f"**Verdict: {v['verdict']}** on this world ({v['reason']}). Rule (docs/protocol.md): {RULES[key]}"
 
 
-def _headline_text(h: dict) -> str:
+def paired_md(f: dict, names: dict[str, str]) -> str:
+    """Every run's test RSUM minus ITC's, paired by seed, both protocols, with per-seed values and convergence."""
+    rows = []
+    for name, d in f.get("paired", {}).get("semantic", {}).items():
+        conv = f.get("convergence", {}).get(name, {})
+        rows.append({"run": names.get(name, name), "− ITC, semantic (95% CI)": ci(d),
+                     "− ITC, COCO": ci(f["paired"].get("coco", {}).get(name)),
+                     "per-seed differences": ", ".join(f"{x:+.1f}" for x in d["values"]),
+                     "val. still rising (seeds)": ", ".join(map(str, conv.get("still_rising_seeds", []))) or "none"})
+    return markdown(rows)
+
+
+def _headline_text(f: dict, names: dict[str, str]) -> str:
+    h = f["headline"]
     if not h.get("available"):
         return ""
-    return (f"CPRD − ITC: {h['gain_rsum']:+.1f} RSUM (seed std {h['std']:.1f}; beats ITC by > 2 std: "
-            f"{'yes' if h['beats_itc_by_2std'] else 'no'}). The teacher re-ranker is {h['gap_rsum']:+.1f} RSUM "
-            f"above ITC; CPRD closes {100 * (h['gap_closed'] or 0):.0f}% of that gap (target ≥ 30%: "
-            f"{'met' if h['closes_30pct'] else 'not met'}).")
+    base = ", ".join(f"{names.get(k, k)} {ci(d)}" for k, d in h["vs_baselines"].items()) or "none ran"
+    room = ("no oracle in this profile: the room is not measured here" if h["room_rsum"] is None
+            else f"not a share of the room: the oracle is not above ITC here ({h['room_rsum']:+.1f} RSUM)"
+            if h["room_share"] is None else f"{100 * h['room_share']:.0f}% of the room ({h['room_rsum']:.1f} RSUM)")
+    gap = "" if h["gap_closed"] is None else (f" The teacher re-ranker is {h['gap_rsum']:+.1f} RSUM above ITC; CPRD "
+                                              f"closes {100 * h['gap_closed']:.0f}% of that gap.")
+    return (f"CPRD − ITC, paired by seed: {ci(h['vs_itc'])} RSUM (beats ITC: {'yes' if h['beats_itc'] else 'no'}). "
+            f"CPRD − each other method: {base}. CPRD's gain is {room}.{gap} Paper's goal met: "
+            f"{'yes' if h['goal_met'] else 'no'}. Rule: {RULES['headline']}")
 
 
 def _intro(f: dict, profile) -> list[str]:
@@ -114,7 +141,8 @@ def _intro(f: dict, profile) -> list[str]:
         "Teacher (committed checkpoint) minimal-pair accuracy on test: "
         + ", ".join(f"{k} {v:.1f}%" for k, v in mp.items())
         + f"; graded Spearman {_num(teacher.get('graded_spearman'), 3)}.",
-    ]
+    ] + (["**Departures from docs/protocol.md in this profile** (decided before its runs): "
+          + "; ".join(profile.departures) + "."] if getattr(profile, "departures", ()) else [])
 
 
 def _finding1(f: dict, figures: dict[str, str], names: dict[str, str]) -> list[str]:
@@ -129,7 +157,50 @@ def _finding1(f: dict, figures: dict[str, str], names: dict[str, str]) -> list[s
             "RSUM with each kind of distillation: "
             + ", ".join(f"{names.get(k, k)} {cell(v)}" for k, v in f1["kd_rsum"].items()) + ".",
             "Scale check (same method, teacher scores fed as logits / probabilities / logits ÷ 4):",
-            "\n".join(scale_lines), _verdict(f, "finding1")]
+            "\n".join(scale_lines), _transfer_text(f1.get("transfer")), _verdict(f, "finding1")]
+
+
+def _transfer_text(t: dict | None) -> str:
+    if not t or not t.get("difference"):
+        return ""
+    return (f"Transfer, the best ranking method ({t['ranking']}) − the best logit method ({t['logit']}), chosen by "
+            f"{t['chosen_by']}: {ci(t['difference'])} test RSUM, paired by seed.")
+
+
+def intervention_md(iv: dict | None) -> str:
+    """Finding 2's arms and contrasts, and the teacher's pairwise accuracy by relevance gap."""
+    if not iv or not iv.get("arms"):
+        return ""
+    arms = markdown([{"negatives / order": a, "test RSUM": cell(d), "per seed": ", ".join(f"{x:.1f}"
+                                                                                          for x in d["values"])}
+                     for a, d in iv["arms"].items()])
+    contrasts = (markdown([{"contrast": k, "RSUM (95% CI)": ci(d)} for k, d in iv["contrasts"].items()])
+                 if iv["contrasts"] else "(no contrasts: they need two arms with >= 2 shared seeds)")
+    acc = markdown([{"direction": d, "window": w} | {k: (f"{v['accuracy']:.3f} (n={v['pairs']})" if "accuracy" in v
+                                                         else f"{100 * v['share']:.0f}% of pairs tied")
+                                                      for k, v in by_gap.items()}
+                    for d, windows in iv["teacher_accuracy"].items() for w, by_gap in windows.items()])
+    return ("The order intervention (ListMLE, steps averaged):\n\n" + arms + "\n\n" + contrasts
+            + "\n\nThe teacher's pairwise accuracy against the truth by relevance gap (ties counted apart), "
+              "on the ITC student's test slates:\n\n" + acc)
+
+
+def shared_slates_md(ss: dict | None) -> str:
+    """Finding 3 on shared slates: per term, shares and the held-out ITC change (mean [95% CI] over seeds)."""
+    if not ss or not ss.get("stats"):
+        return ""
+
+    def stat(d):
+        if not d:
+            return "–"
+        return f"{d['mean']:.4f}" + (f" [{d['ci95'][0]:.4f}, {d['ci95'][1]:.4f}]" if d.get("ci95") else "")
+
+    rows = [{"term": t, "neg_up": stat(m.get("neg_up")), "above_pos": stat(m.get("above_pos")),
+             "held-out ITC change": stat(m.get("held_out_itc_change")),
+             "d loss / d log-scale": stat(m.get("grad_log_scale"))} for t, m in ss["stats"].items()]
+    contrasts = markdown([{"contrast": k, "paired (95% CI)": ci(d, 4)} for k, d in ss["contrasts"].items()])
+    return ("On shared validation slates (each ITC student's, one per query and seed; itc = the in-batch ITC term "
+            "itself, the reference):\n\n" + markdown(rows) + "\n\n" + contrasts)
 
 
 def _finding2(f: dict, figures: dict[str, str]) -> list[str]:
@@ -139,7 +210,7 @@ def _finding2(f: dict, figures: dict[str, str]) -> list[str]:
             f"![tau]({figures.get('finding2_tau', '')})",
             "Rank distillation (ListMLE) over which negatives, RSUM: "
             + ", ".join(f"{k} {cell(v)}" for k, v in f2["ablation_rsum"].items()) + ".",
-            _verdict(f, "finding2")]
+            intervention_md(f2.get("intervention")), _verdict(f, "finding2")]
 
 
 def _finding3(f: dict, figures: dict[str, str], names: dict[str, str]) -> list[str]:
@@ -152,7 +223,7 @@ def _finding3(f: dict, figures: dict[str, str], names: dict[str, str]) -> list[s
             "Mean cosine between the gradient of ITC and of each term (fixed probe batch, over training): "
             + ", ".join(f"{k} {v['mean']:+.3f}" for k, v in f3["gradient_cosine"].items()) + ".",
             f"![cos]({figures.get('finding3_gradient_cosine', '')}) ![lambda]({figures.get('finding3_lambda', '')})",
-            _verdict(f, "finding3")]
+            shared_slates_md(f3.get("shared_slates")), _verdict(f, "finding3")]
 
 
 def render_report(f: dict, profile, figures: dict[str, str]) -> str:
@@ -162,7 +233,9 @@ def render_report(f: dict, profile, figures: dict[str, str]) -> str:
         f"![world]({figures.get('world_examples', '')})",
         "## Headline: retrieval (semantic protocol)", retrieval_md(f["retrieval"], names),
         "COCO protocol (a hit is only the item's own caption / image):", retrieval_md(f["retrieval_coco"], names),
-        _headline_text(f["headline"]), f"![headline]({figures.get('headline_rsum', '')})",
+        "Paired by seed (test RSUM minus ITC's; a run whose validation RSUM still rose > 1 % over its last three "
+        "evaluations is flagged):", paired_md(f, names),
+        _headline_text(f, names), f"![headline]({figures.get('headline_rsum', '')})",
     ]
     parts += _finding1(f, figures, names) + _finding2(f, figures) + _finding3(f, figures, names)
     parts += ["## Beyond the paper: which hard negatives should be valid?", validity_md(f["validity"]),

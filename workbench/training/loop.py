@@ -207,8 +207,9 @@ def loss_terms(state: MiningPools | TrainState | None, ctx: StepContext, img: to
     return _step_terms(state, ctx, img, cap, gen)[0]
 
 
-def _step_terms(state, ctx, img, cap, gen) -> tuple[dict[str, torch.Tensor], dict[str, float], BatchView]:
-    """(weighted objective per term, every named entry of every term as ``"<term>.<entry>"``, the embeddings)."""
+def _step_terms(state, ctx, img, cap, gen) -> tuple[dict[str, torch.Tensor], dict, BatchView, list[ScoreBatch]]:
+    """(weighted objective per term, every named entry of every term as ``"<term>.<entry>"``, the embeddings, the
+    distillation slates ``[i2t, t2i]``; empty without a distillation term)."""
     student, cfg, split, dist = ctx.student, ctx.cfg, ctx.world.train, ctx.dist
     with autocast(ctx.device, cfg.amp):
         e_img = student.encode_images(split, img, ctx.device).float()
@@ -219,6 +220,7 @@ def _step_terms(state, ctx, img, cap, gen) -> tuple[dict[str, torch.Tensor], dic
     scale = student.logit_scale
     terms: dict[str, torch.Tensor] = {}
     named: dict[str, float] = {}
+    batches: list[ScoreBatch] = []
     if ITC in ctx.losses:
         weight = next(t.weight for t in cfg.losses if t.name == ITC)
         value, entries = itc_terms(ctx, view, img, cap, scale, gen)
@@ -231,20 +233,25 @@ def _step_terms(state, ctx, img, cap, gen) -> tuple[dict[str, torch.Tensor], dic
             value, entries = _both_directions(ctx.losses[term.name], *batches)
             terms[term.name] = term.weight * value
             named |= {f"{term.name}.{k}": v for k, v in entries.items()}
-    return terms, named, view
+    return terms, named, view, batches
 
 
-def batch_terms(student: DualEncoder, cfg: FitConfig, data: World, img: torch.Tensor, cap: torch.Tensor,
-                gen: torch.Generator, *, teacher_scores: Callable | None = None, pools: MiningPools | None = None,
-                near: NearMisses | None = None) -> dict[str, torch.Tensor]:
-    """The weighted loss terms a training step computes on the batch ``(img [B], cap [B])``, outside a run and
-    without an update: the trainer's own code, for analyses such as gradient coordination.
+def batch_terms(*args, **kwargs) -> dict[str, torch.Tensor]:
+    """:func:`batch_terms_and_slates` without the slates: the weighted loss terms of a step (same arguments)."""
+    return batch_terms_and_slates(*args, **kwargs)[0]
+
+
+def batch_terms_and_slates(student: DualEncoder, cfg: FitConfig, data: World, img: torch.Tensor, cap: torch.Tensor,
+                           gen: torch.Generator, *, teacher_scores: Callable | None = None,
+                           pools: MiningPools | None = None, near: NearMisses | None = None
+                           ) -> tuple[dict[str, torch.Tensor], list[ScoreBatch]]:
+    """The weighted loss terms of a training step on ``(img [B], cap [B])`` without an update (the trainer's own code,
+    for analyses) and the distillation slates ``[i2t, t2i]`` (ScoreBatch [B, L], one graph; ``[]`` if none).
 
     Args:
         student: the model (its train/eval mode is the caller's; the gallery pool leaves it in eval mode).
         cfg: the run's config (terms, weights, mining); ``data``: anything with a ``train`` split.
-        gen: the generator mining and near-miss sampling draw from.
-        teacher_scores: needed when a term reads the teacher.
+        gen: the generator mining and near-miss sampling draw from; teacher_scores: when a term reads the teacher.
         pools: the queue / gallery pools to mine from; default: none for the batch pool, and for the gallery pool
             the training split re-embedded by ``student`` now (a queue pool needs a run's pools).
         near: the training split's near-misses when ``cfg.near_misses`` (built here when not given).
@@ -262,7 +269,8 @@ def batch_terms(student: DualEncoder, cfg: FitConfig, data: World, img: torch.Te
             was_training = student.training
             refresh_gallery(pools, ctx)
             student.train(was_training)
-    return loss_terms(pools, ctx, img, cap, gen)
+    terms, _, _, batches = _step_terms(pools, ctx, img, cap, gen)
+    return terms, batches
 
 
 def train_step(state: TrainState, ctx: StepContext) -> dict[str, float]:
@@ -275,7 +283,7 @@ def train_step(state: TrainState, ctx: StepContext) -> dict[str, float]:
     dist = ctx.dist
     img, cap = sample_batch(ctx.world.train, ctx.cfg.batch * dist.world_size, state.generator, ctx.cfg.group_batches)
     img, cap = dist.local(img), dist.local(cap)
-    terms, named, view = _step_terms(state, ctx, img, cap, state.generator)
+    terms, named, view, _ = _step_terms(state, ctx, img, cap, state.generator)
     total = sum(terms.values())
     state.optimizer.zero_grad(set_to_none=True)
     total.backward()
