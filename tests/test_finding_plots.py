@@ -125,3 +125,19 @@ def test_scale_check(tmp_path) -> None:
     heights = [p.get_height() for p in fig.axes[0].patches]
     assert heights[:2] == [450.0, 455.0] and heights[2:4] == [400.0, 456.0] and heights[4] == 440.0
     _saved(fig, "scale", tmp_path)
+
+
+def test_paired_differences_draws_every_seed_and_interval(tmp_path) -> None:
+    from workbench.findings.figures import paired_differences
+    from workbench.findings.stats import paired_difference
+
+    diffs = {"CPRD − ITC": paired_difference([450.0, 455.0, 452.0], [440.0, 441.0, 445.0]),
+             "one seed": paired_difference([1.0], [0.5])}
+    fig = paired_differences(diffs, title="t")
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == list(diffs)
+    dots = sum(len(c.get_offsets()) for c in ax.collections)
+    assert dots == 4  # every seed's difference is a point
+    fig.savefig(tmp_path / "p.png")
+    with pytest.raises(ValueError, match="at least one paired difference"):
+        paired_differences({})

@@ -277,6 +277,12 @@ def write_figures(ws: BuiltinWorkspace, views, taus, findings: dict, out: Path) 
         keep("finding1_scale_check", fp.scale_check({m: {v: (s["mean"], s["std"] or 0.0) for v, s in d.items()}
                                                      for m, d in scale.items()}))
     keep("headline_rsum", headline_figure(findings["retrieval"]))
+    paired = findings["paired"]["semantic"]  # rows by variant name (the labels are sentences)
+    if paired:
+        keep("paired_vs_itc", fp.paired_differences(paired, title="each run − ITC, paired by seed (semantic)"))
+    contrasts = findings["finding2"]["intervention"]["contrasts"]
+    if contrasts:
+        keep("finding2_intervention", fp.paired_differences(contrasts, title="Finding 2: which order helps where"))
     return saved
 
 

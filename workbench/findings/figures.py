@@ -295,3 +295,35 @@ def headline_figure(retrieval: Mapping[str, Mapping[str, Mapping[str, float]]]):
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def paired_differences(diffs: Mapping[str, Mapping[str, object]], *, metric: str = "test RSUM difference",
+                       title: str | None = None) -> plt.Figure:
+    """Paired differences by seed, one row each: every seed's difference (dots), the mean (a bar tick) and its
+    95 % t interval (a line); the dashed line is 0, so a row whose line misses it is a difference that holds.
+
+    Args:
+        diffs: ``{row label: paired_difference(...)}`` (``values``, ``mean``, ``ci95``; ``ci95`` may be None).
+    """
+    if not diffs:
+        raise ValueError("diffs must hold at least one paired difference, got none")
+    labels = list(diffs)
+    fig, ax = plt.subplots(figsize=(5 + 0.07 * max(map(len, labels)), 0.55 * len(labels) + 1.4))
+    for y, label in enumerate(labels):
+        d = diffs[label]
+        values = _finite(f"diffs[{label!r}]['values']", d["values"])
+        ax.scatter(values, np.full(values.shape, y), s=22, color="#5b8fd9", alpha=0.8, zorder=3,
+                   label="one seed" if y == 0 else None)
+        if d.get("ci95") is not None:
+            ax.plot(d["ci95"], [y, y], color="k", lw=2, zorder=2, label="95 % CI" if y == 0 else None)
+        ax.plot([d["mean"]] * 2, [y - 0.25, y + 0.25], color="k", lw=2, zorder=4)
+    ax.axvline(0, ls="--", color="0.4", lw=1)
+    ax.set_yticks(range(len(labels)), labels, fontsize=9)
+    ax.invert_yaxis()
+    ax.set_xlabel(metric)
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="best")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return fig

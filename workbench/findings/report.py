@@ -210,7 +210,8 @@ def _finding2(f: dict, figures: dict[str, str]) -> list[str]:
             f"![tau]({figures.get('finding2_tau', '')})",
             "Rank distillation (ListMLE) over which negatives, RSUM: "
             + ", ".join(f"{k} {cell(v)}" for k, v in f2["ablation_rsum"].items()) + ".",
-            intervention_md(f2.get("intervention")), _verdict(f, "finding2")]
+            intervention_md(f2.get("intervention")), f"![intervention]({figures.get('finding2_intervention', '')})",
+            _verdict(f, "finding2")]
 
 
 def _finding3(f: dict, figures: dict[str, str], names: dict[str, str]) -> list[str]:
@@ -236,6 +237,7 @@ def render_report(f: dict, profile, figures: dict[str, str]) -> str:
         "Paired by seed (test RSUM minus ITC's; a run whose validation RSUM still rose > 1 % over its last three "
         "evaluations is flagged):", paired_md(f, names),
         _headline_text(f, names), f"![headline]({figures.get('headline_rsum', '')})",
+        f"![paired]({figures.get('paired_vs_itc', '')})",
     ]
     parts += _finding1(f, figures, names) + _finding2(f, figures) + _finding3(f, figures, names)
     parts += ["## Beyond the paper: which hard negatives should be valid?", validity_md(f["validity"]),
