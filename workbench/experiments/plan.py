@@ -119,6 +119,8 @@ METHODS: dict[str, tuple[tuple[LossTerm, ...], str]] = {  # the headline methods
     "listnet": ((ITC, LossTerm("listnet", 1.0)), "ITC + ListNet"),
     "listmle": ((ITC, LossTerm("listmle", 1.0)), "ITC + ListMLE"),
     "cprd": ((ITC, CPRD), "ITC + CPRD (top-4)"),
+    "cprd_chain": ((ITC, LossTerm("cprd_chain", 1.0, {"validity": "top", "m": 4})),
+                   "ITC + CPRD as one chain with the positive on the mined slate (top-4)"),
 }
 VALIDITY = {  # CPRD's validity variants: name -> (cprd hyperparameters, label)
     "top1": ({"validity": "top", "m": 1}, "CPRD, the teacher's top-1 hard negative"),
@@ -236,7 +238,8 @@ PROFILES = {
                                         "learning curves from the room issue's ITC runs (validation every 1/8, "
                                         "not 1/20, of 4,000 steps)")),
     "demo": ReproduceProfile("demo", "default", "quick", 600, 3, 1, (), (), (), (), probe_seeds=0,
-                             full_list="hard+easy", groups=("headline",)),
+                             full_list="hard+easy", groups=("headline",),
+                             methods=("itc", "kl", "mse", "ranknet", "listnet", "listmle", "cprd")),
 }
 
 

@@ -13,7 +13,7 @@ import pandas as pd
 
 from workbench.findings.verdicts import RULES
 
-HEADLINE_ORDER = ["itc", "kl", "mse", "ranknet", "listnet", "listmle", "cprd", "mined_itc", "negclip",
+HEADLINE_ORDER = ["itc", "kl", "mse", "ranknet", "listnet", "listmle", "cprd", "cprd_chain", "mined_itc", "negclip",
                   "teacher_rerank"]
 TEACHER_RERANK = "teacher re-ranking the ITC student (k_test=16)"
 
