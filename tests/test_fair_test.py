@@ -115,3 +115,14 @@ def test_convergence_flags_a_curve_still_rising(tmp_path: Path) -> None:
     conv = fair.convergence([job("a", 0, flat), job("a", 1, rising), job("b", 0, flat)])
     assert conv["a"]["still_rising_seeds"] == [1] and conv["b"]["still_rising_seeds"] == []
     assert conv["a"]["final_val_rsum"]["values"] == [451.0, 460.0]
+
+
+def test_the_cpu_profile_schedules_its_first_variants_first(tmp_path: Path) -> None:
+    from workbench.experiments.plan import jobs
+
+    p = PROFILES["cpu"]
+    todo = p.schedule(jobs(p, tmp_path, [v for v in variants(p) if v.group in p.groups]))
+    order = list(dict.fromkeys(j.variant for j in todo))
+    assert order[:len(p.first)] == list(p.first)
+    assert [j.seed for j in todo if j.variant == "cprd"] == [0, 1, 2]
+    assert len(todo) == len(jobs(p, tmp_path, [v for v in variants(p) if v.group in p.groups]))

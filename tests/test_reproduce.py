@@ -62,6 +62,11 @@ def test_reproduce_smoke_end_to_end(tmp_path, monkeypatch):
 
     again = reproduce("tiny", out, groups=groups, workers=2, log=lambda *_: None)
     assert again["retrieval"] == findings["retrieval"]  # finished runs are reused, not retrained
+    (out / "runs" / "headline" / "kl_seed1" / "metrics.json").unlink()  # a run stopped before its end
+    partial = reproduce("tiny", out, groups=groups, analyse_only=True, log=lambda *_: None)
+    assert partial["retrieval"]["kl"]["rsum"]["values"] == findings["retrieval"]["kl"]["rsum"]["values"][:1]
+    assert partial["retrieval"]["cprd"] == findings["retrieval"]["cprd"]
+    assert not (out / "runs" / "headline" / "kl_seed1" / "metrics.json").exists()  # analysing trains nothing
 
 
 def test_the_cli_offers_every_reproduce_profile():

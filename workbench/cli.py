@@ -159,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--groups", default=None, help="comma-separated experiment groups (default: the profile's)")
     rep.add_argument("--members", type=int, default=None,
                      help="runs trained as one batched model per worker (default: 32 on a GPU, 1 on a CPU)")
+    rep.add_argument("--analyse-only", action="store_true",
+                     help="train nothing: analyse the runs already finished under --out (the report says which ran)")
 
     demo = sub.add_parser("demo", help="what `make demo` runs: `reproduce` on the built-in world (report, figures)")
     demo.add_argument("--profile", default="demo", choices=REPRODUCE_PROFILES)
@@ -404,7 +406,7 @@ def cmd_reproduce(args) -> int:
         check_choice("--groups entry", g, ALL_GROUPS)
     _check_workers(args.workers)
     reproduce(args.profile, Path(args.out), teacher_dir=args.teacher, workers=args.workers, groups=groups,
-              members=args.members, progress=True)
+              members=args.members, progress=True, analyse_only=args.analyse_only)
     return 0
 
 

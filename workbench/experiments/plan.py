@@ -104,11 +104,17 @@ class ReproduceProfile:
     methods: tuple[str, ...] | None = None  # the headline methods (METHODS keys, ITC first; None: all)
     orders: tuple[str, ...] = ("random", "truth")  # Finding 2's intervention: orders besides the teacher's (ORDERS)
     warmup: int | None = None  # warm-up steps (None: the fit profile's)
+    first: tuple[str, ...] = ()  # variants trained first, in this order (the rest follow in plan order)
     departures: tuple[str, ...] = ()  # where this profile departs from docs/protocol.md (shown in the report)
     evals: int = 4  # validation evaluations per run (eval_every = steps // evals)
 
     def seed_count(self, variant: Variant) -> int:
         return self.seeds if variant.seeds == "main" else self.extra_seeds
+
+    def schedule(self, todo: list[Job]) -> list[Job]:
+        """``todo`` with the variants of :attr:`first` first (in that order), the others after them in plan order."""
+        rank = {name: i for i, name in enumerate(self.first)}
+        return sorted(todo, key=lambda j: rank.get(j.variant, len(rank)))
 
 
 METHODS: dict[str, tuple[tuple[LossTerm, ...], str]] = {  # the headline methods, all on the same slates
@@ -231,6 +237,8 @@ PROFILES = {
     "cpu": ReproduceProfile("cpu", "default", "full", 2000, 3, 3, (), (), (), (), probe_seeds=0,
                             groups=("headline", "intervention"), methods=("itc", "cprd", "listmle", "kl"),
                             orders=("random", "truth"), warmup=100, evals=10,
+                            first=("itc", "cprd", "listmle", "listmle_hard_random", "listmle_hard_truth", "kl",
+                                   "listmle_easy", "listmle_easy_random", "listmle_easy_truth"),
                             departures=("3 seeds, not the 5 of the full profile", "no tuning grid: every method at "
                                         "λ = 1 on the teacher's logits", "methods: ITC, CPRD, ListMLE, KL only (no "
                                         "MSE, RankNet, ListNet, cprd_chain, mined_itc, negclip)",

@@ -22,7 +22,7 @@ from workbench.device import release_host_memory
 from workbench.evaluation.evaluate import evaluate_teacher
 from workbench.evaluation.slates import EvalSlates, build_eval_slates
 from workbench.experiments import protocol as fair
-from workbench.experiments.parallel import Job, run_jobs
+from workbench.experiments.parallel import Job, finished, run_jobs
 from workbench.experiments.plan import BASE, METHODS, PROFILES, VALIDITY, ReproduceProfile, Variant, jobs, variants
 from workbench.experiments.runs import fill_store
 from workbench.experiments.workspace import WORLD_PRESETS, BuiltinWorkspace, open_workspace
@@ -158,19 +158,28 @@ def validity_analysis(slates: dict[str, EvalSlates], runs: Runs) -> dict:
 
 def reproduce(profile_name: str, out: Path, *, teacher_dir: str | Path | None = None, workers: int | None = None,
               groups: tuple[str, ...] | None = None, log=print, members: int | None = None,
-              progress: bool = False) -> dict[str, Any]:
+              progress: bool = False, analyse_only: bool = False) -> dict[str, Any]:
     """Run the plan and the analyses; write ``out/report.md``, ``out/findings.json`` and the figures.
 
     ``members``: runs trained together as one batched model per worker (default: 32 on a GPU, 1 on a CPU; see
-    :func:`~workbench.experiments.parallel.run_jobs`); ``progress``: a progress bar over every run's steps.
+    :func:`~workbench.experiments.parallel.run_jobs`); ``progress``: a progress bar over every run's steps;
+    ``analyse_only``: train nothing, analyse the runs already finished (e.g. after stopping a long profile).
     """
     start = time.time()
     p = PROFILES[profile_name]
     ws = open_workspace(WORLD_PRESETS[p.world], teacher_dir or "auto", out / "teacher_scores.sqlite")
     groups = p.groups if groups is None else groups
     table = [v for v in variants(p) if groups is None or v.group in groups or v.group == "headline"]
-    todo = jobs(p, out / "runs", table)
-    results = _train_all(ws, p, todo, workers, log, members, progress)
+    todo = p.schedule(jobs(p, out / "runs", table))
+    if analyse_only:
+        results = {j.out_dir: m for j in todo if (m := finished(j)) is not None}
+        todo = [j for j in todo if j.out_dir in results]
+        if not any(j.variant == "itc" and j.seed == 0 for j in todo):
+            raise ValueError(f"analyse_only needs at least the finished ITC run of seed 0 under {out / 'runs'}, "
+                             "found none: run reproduce without it first")
+        log(f"[reproduce] analysing the {len(todo)} finished runs only")
+    else:
+        results = _train_all(ws, p, todo, workers, log, members, progress)
     runs = by_variant(todo, results)
     histories = {v.name: [read_json(j.out_dir / "history.json") for j in todo if j.variant == v.name]
                  for v in _in_group(table, "headline") if v.probe}
