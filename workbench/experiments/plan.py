@@ -235,13 +235,16 @@ PROFILES = {
     # 2,000 steps (ITC's validation RSUM within 1 % of its plateau, learning curves in benchmarks/results/room/),
     # 3 seeds, the headline's ITC / CPRD / ListMLE / KL at λ = 1 (no tuning grid) and Finding 2's intervention.
     "cpu": ReproduceProfile("cpu", "default", "full", 2000, 3, 3, (), (), (), (), probe_seeds=0,
-                            groups=("headline", "intervention"), methods=("itc", "cprd", "listmle", "kl"),
+                            groups=("headline", "intervention", "baselines"),
+                            methods=("itc", "cprd", "listmle", "kl", "cprd_chain"),
                             orders=("random", "truth"), warmup=100, evals=10,
-                            first=("itc", "cprd", "listmle", "listmle_hard_random", "listmle_hard_truth", "kl",
-                                   "listmle_easy", "listmle_easy_random", "listmle_easy_truth"),
+                            first=("itc", "cprd", "listmle", "listmle_hard_random", "listmle_hard_truth", "negclip",
+                                   "cprd_chain", "mined_itc", "kl", "listmle_easy", "listmle_easy_random",
+                                   "listmle_easy_truth"),
                             departures=("3 seeds, not the 5 of the full profile", "no tuning grid: every method at "
-                                        "λ = 1 on the teacher's logits", "methods: ITC, CPRD, ListMLE, KL only (no "
-                                        "MSE, RankNet, ListNet, cprd_chain, mined_itc, negclip)",
+                                        "λ = 1 on the teacher's logits", "methods: ITC, CPRD, ListMLE, KL, and (added "
+                                        "after seeing CPRD's first two seeds) cprd_chain, mined_itc, negclip; no MSE, "
+                                        "RankNet, ListNet",
                                         "no oracle run: the room is the room issue's (benchmarks/results/room/)",
                                         "learning curves from the room issue's ITC runs (validation every 1/8, "
                                         "not 1/20, of 4,000 steps)")),
