@@ -120,13 +120,14 @@ def _headline_text(f: dict, names: dict[str, str]) -> str:
     if not h.get("available"):
         return ""
     base = ", ".join(f"{names.get(k, k)} {ci(d)}" for k, d in h["vs_baselines"].items()) or "none ran"
-    room = ("no oracle in this profile: the room is not measured here" if h["room_rsum"] is None
-            else f"not a share of the room: the oracle is not above ITC here ({h['room_rsum']:+.1f} RSUM)"
-            if h["room_share"] is None else f"{100 * h['room_share']:.0f}% of the room ({h['room_rsum']:.1f} RSUM)")
+    room = ("The room is not measured in this profile (no oracle run)." if h["room_rsum"] is None
+            else f"The oracle is not above ITC here ({h['room_rsum']:+.1f} RSUM): no room to share."
+            if h["room_share"] is None
+            else f"CPRD's gain is {100 * h['room_share']:.0f}% of the room ({h['room_rsum']:.1f} RSUM).")
     gap = "" if h["gap_closed"] is None else (f" The teacher re-ranker is {h['gap_rsum']:+.1f} RSUM above ITC; CPRD "
                                               f"closes {100 * h['gap_closed']:.0f}% of that gap.")
     return (f"CPRD − ITC, paired by seed: {ci(h['vs_itc'])} RSUM (beats ITC: {'yes' if h['beats_itc'] else 'no'}). "
-            f"CPRD − each other method: {base}. CPRD's gain is {room}.{gap} Paper's goal met: "
+            f"CPRD − each other method: {base}. {room}{gap} Paper's goal met: "
             f"{'yes' if h['goal_met'] else 'no'}. Rule: {RULES['headline']}")
 
 
@@ -227,6 +228,29 @@ def _finding3(f: dict, figures: dict[str, str], names: dict[str, str]) -> list[s
             shared_slates_md(f3.get("shared_slates")), _verdict(f, "finding3")]
 
 
+DEPENDS_ON = ("the world (contrast-chain-v1: relations are most of what the teacher knows beyond the student)",
+              "the student preset (its text tower must encode argument order to use any relational signal)",
+              "K = 8 mined negatives from the whole training split (pool 'gallery'), own-caption positives",
+              "CPRD's validity rule (top-4 of the teacher's order) and steps-averaged Plackett-Luce terms",
+              "λ = 1 and the teacher's logits where the profile has no tuning grid")
+
+
+def sensitivity_md(f: dict) -> str:
+    """For every paired contrast a verdict reads: its CI and how far its nearer bound is from 0 (the smallest shift
+    of the mean that would move the interval across 0), then what the verdicts depend on by design."""
+    contrasts = {"headline: CPRD − ITC": f.get("headline", {}).get("vs_itc"),
+                 "Finding 1 (b): best ranking − best logit": (f["finding1"].get("transfer") or {}).get("difference")}
+    for key, part in (("finding2", "intervention"), ("finding3", "shared_slates")):
+        found = (f[key].get(part) or {}).get("contrasts", {})
+        contrasts |= {f"Finding {key[-1]}: {k}": d for k, d in found.items()}
+    rows = [{"contrast": k, "paired (95% CI)": ci(d, 4 if "Finding 3" in k else 1),
+             "nearer bound's distance from 0": f"{min(abs(d['ci95'][0]), abs(d['ci95'][1])):.4g}"}
+            for k, d in contrasts.items() if d and d.get("ci95")]
+    return ("Each verdict turns on the intervals below; a shift of the mean by the nearer bound's distance would move "
+            "the interval across 0 (more seeds narrow it). By design the verdicts also depend on: "
+            + "; ".join(DEPENDS_ON) + ".\n\n" + markdown(rows))
+
+
 def render_report(f: dict, profile, figures: dict[str, str]) -> str:
     """The whole ``report.md`` of a reproduce run from its ``findings.json`` content ``f``."""
     names = labels(f)
@@ -240,7 +264,8 @@ def render_report(f: dict, profile, figures: dict[str, str]) -> str:
         f"![paired]({figures.get('paired_vs_itc', '')})",
     ]
     parts += _finding1(f, figures, names) + _finding2(f, figures) + _finding3(f, figures, names)
-    parts += ["## Beyond the paper: which hard negatives should be valid?", validity_md(f["validity"]),
+    parts += ["## What would change these verdicts", sensitivity_md(f),
+              "## Beyond the paper: which hard negatives should be valid?", validity_md(f["validity"]),
               "## Controls: which teacher order can the student learn?",
               controls_md(f["retrieval"], names, f.get("variants", {})),
               "## Every run (RSUM, semantic)",
