@@ -41,7 +41,9 @@ def test_finding2_rule() -> None:
     assert finding2_verdict(_f2(flat, flat, up))["verdict"] == "not reproduced"
     control_fails = finding2_verdict(_f2(up, flat, flat))
     assert control_fails["verdict"] == "untestable" and "positive control" in control_fails["reason"]
-    assert finding2_verdict(_f2(up, None, up))["verdict"] == "untestable"
+    assert finding2_verdict(_f2(up, None, up))["verdict"] == "untestable"  # (i) holds, (ii) not run
+    assert finding2_verdict(_f2(flat, None, up))["verdict"] == "not reproduced"  # (i) fails: (ii) cannot rescue it
+    assert finding2_verdict(_f2(None, flat, up))["verdict"] == "untestable"
 
 
 def _f1(transfer_diff, skew=3.0, student_skew=0.1) -> dict:

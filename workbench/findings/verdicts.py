@@ -73,13 +73,16 @@ def finding2_verdict(f: dict) -> dict[str, str]:
                                                "hard: truth - random"))
     what = f"(i) hard teacher - random {_ci(hard)}; (ii) easy teacher - random {_ci(easy)}; " \
            f"(iii) hard truth - random {_ci(control)}"
-    if None in (side(hard), side(easy), side(control)):
-        return _result("untestable", f"the intervention's arms are missing or have < 2 seeds; {what}")
+    if side(control) is None or side(hard) is None:
+        return _result("untestable", f"the hard-negative arms are missing or have < 2 seeds; {what}")
     if side(control) != "above":
         return _result("untestable", f"the positive control (iii) fails: the student gains nothing from the true "
                                      f"order over hard negatives; {what}")
-    ok = side(hard) == "above" and side(easy) != "above"
-    return _result("reproduced" if ok else "not reproduced", what)
+    if side(hard) != "above":  # (i) fails: not reproduced whatever (ii) says
+        return _result("not reproduced", what)
+    if side(easy) is None:
+        return _result("untestable", f"(i) holds but the easy-negative arms are missing or have < 2 seeds; {what}")
+    return _result("reproduced" if side(easy) != "above" else "not reproduced", what)
 
 
 def finding3_verdict(f: dict) -> dict[str, str]:
