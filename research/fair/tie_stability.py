@@ -20,11 +20,11 @@ from pathlib import Path
 
 import torch
 
+from workbench.data.world import build_world
 from workbench.evaluation.slates import build_eval_slates
 from workbench.experiments.workspace import WORLD_PRESETS
 from workbench.findings.agreement import accuracy_by_gap, tie_stability
 from workbench.findings.stats import seed_stats
-from workbench.data.world import build_world
 from workbench.io import write_json
 from workbench.models.teacher import load_teacher
 from workbench.training.checkpoint import load_student
