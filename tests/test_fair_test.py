@@ -128,3 +128,9 @@ def test_the_cpu_profile_schedules_its_first_variants_first(tmp_path: Path) -> N
     assert order[:len(p.first)] == list(p.first)
     assert [j.seed for j in todo if j.variant == "cprd"] == [0, 1, 2]
     assert len(todo) == len(jobs(p, tmp_path, [v for v in variants(p) if v.group in p.groups]))
+
+
+def test_reference_minus_is_the_reference_minus_each_other_run() -> None:
+    rsums = {"cprd": {0: 420.0, 1: 425.0, 2: 430.0}, "kl": {0: 395.0, 1: 404.0, 2: 401.0}, "one": {1: 3.0}}
+    out = fair.reference_minus(rsums, "cprd")
+    assert set(out) == {"kl"} and out["kl"]["values"] == [25.0, 21.0, 29.0]  # CPRD above KL: positive

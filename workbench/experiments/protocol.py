@@ -49,6 +49,13 @@ def paired_against(values: Seeded, reference: str) -> dict[str, dict[str, Any]]:
             if name != reference and len(set(v) & set(ref)) >= 2}
 
 
+def reference_minus(values: Seeded, reference: str) -> dict[str, dict[str, Any]]:
+    """``reference`` minus every other variant with >= 2 shared seeds, paired by seed (e.g. CPRD − each method)."""
+    ref = values.get(reference, {})
+    return {name: paired_difference(ref, v) for name, v in values.items()
+            if name != reference and len(set(v) & set(ref)) >= 2}
+
+
 def convergence(done: list[Job], *, tolerance: float = 0.01, window: int = 3) -> dict[str, dict[str, Any]]:
     """Per variant: its final validation semantic RSUM over seeds and which seeds' curves still rise by more than
     ``tolerance`` over their last ``window`` evaluations (flagged, not retrained: § 2 of the protocol)."""

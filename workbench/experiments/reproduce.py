@@ -221,8 +221,8 @@ def fair_test(ws: BuiltinWorkspace, done: list[Job], results: dict[Path, dict], 
     rsums = {p: fair.per_seed(done, fair.test_rsum(results, p)) for p in ("semantic", "coco")}
     conv = fair.convergence(done)
     heads = [v.name for v in table if v.group in ("headline", "baselines")]
-    vs_cprd = {p: {k: d for k, d in fair.paired_against({n: x for n, x in r.items() if n in heads}, "cprd").items()
-                   if k != "itc"} for p, r in rsums.items()}
+    vs_cprd = {p: fair.reference_minus({n: x for n, x in r.items() if n in heads and n != "itc"}, "cprd")
+               for p, r in rsums.items()}
     return {"per_seed_rsum": rsums, "paired": {p: fair.paired_against(r, "itc") for p, r in rsums.items()},
             "paired_cprd": vs_cprd, "convergence": conv, "room": fair.room(rsums["semantic"]),
             "transfer": fair.transfer(rsums["semantic"], conv),
