@@ -25,6 +25,7 @@ from workbench.experiments import protocol as fair
 from workbench.experiments.parallel import Job, finished, run_jobs
 from workbench.experiments.plan import BASE, METHODS, PROFILES, VALIDITY, ReproduceProfile, Variant, jobs, variants
 from workbench.experiments.runs import fill_store
+from workbench.experiments.tuning import apply_choice, grid_results, grid_variants
 from workbench.experiments.workspace import WORLD_PRESETS, BuiltinWorkspace, open_workspace
 from workbench.findings import figures as fp
 from workbench.findings.agreement import agreement_summary, agreement_taus
@@ -170,6 +171,8 @@ def reproduce(profile_name: str, out: Path, *, teacher_dir: str | Path | None = 
     ws = open_workspace(WORLD_PRESETS[p.world], teacher_dir or "auto", out / "teacher_scores.sqlite")
     groups = p.groups if groups is None else groups
     table = [v for v in variants(p) if groups is None or v.group in groups or v.group == "headline"]
+    tuned = _tune(ws, p, out, table, workers, log, members, progress, analyse_only) if p.tune_lambdas else {}
+    table = apply_choice(table, tuned)
     todo = p.schedule(jobs(p, out / "runs", table))
     if analyse_only:
         results = {j.out_dir: m for j in todo if (m := finished(j)) is not None}
@@ -197,7 +200,7 @@ def reproduce(profile_name: str, out: Path, *, teacher_dir: str | Path | None = 
         "retrieval": retrieval_table(runs, "semantic") | _rerank(runs, "semantic"),
         "retrieval_coco": retrieval_table(runs, "coco") | _rerank(runs, "coco"),
         "finding1": f1, "finding2": f2, "finding3": finding3(runs, {k: v for k, v in histories.items() if v}, table),
-        "validity": validity_analysis(slates, runs), "teacher": _teacher_metrics(ws),
+        "validity": validity_analysis(slates, runs), "teacher": _teacher_metrics(ws), "tuning": tuned,
     }
     findings["finding3"]["shared_slates"] = fair.pop("shared_slates")
     findings |= fair
@@ -231,6 +234,17 @@ def fair_test(ws: BuiltinWorkspace, done: list[Job], results: dict[Path, dict], 
                                                 [v.name for v in table if v.group == "headline"])}
 
 
+def _tune(ws: BuiltinWorkspace, p: ReproduceProfile, out: Path, table: list[Variant], workers: int | None, log,
+          members: int | None, progress: bool, analyse_only: bool) -> dict[str, Any]:
+    """Train (or, ``analyse_only``, read) the tuning grid of every tuned method on the tuning seed; return
+    :func:`~workbench.experiments.tuning.grid_results` (validation only: the test split is not read)."""
+    todo = jobs(p, out / "runs", grid_variants(p, table))
+    if not analyse_only:
+        log(f"[reproduce] tuning: {len(todo)} runs on seed {p.tune_seed}, chosen on validation")
+        run_jobs(ws, todo, workers or p.workers, log=log, members=members, progress=progress)
+    return grid_results(p, table, [j for j in todo if finished(j) is not None])
+
+
 def _train_all(ws: BuiltinWorkspace, p: ReproduceProfile, todo: list[Job], workers: int | None,
                log, members: int | None = None, progress: bool = False) -> dict[Path, dict]:
     """Train the first ITC run, prefill the store from it (not needed with the dense teacher), then every other run
@@ -258,12 +272,13 @@ def _teacher_metrics(ws: BuiltinWorkspace) -> dict:
 
 
 def write_figures(ws: BuiltinWorkspace, views, taus, findings: dict, out: Path) -> dict[str, str]:
-    """Save every figure of the report (PNG + SVG) into ``out/figures``; return ``{name: path relative to out}``."""
+    """Save every figure of the report (PNG + SVG) into ``out/figures`` (closing each once saved); return
+    ``{name: path relative to out}``."""
     folders = (out / "figures",)
     saved = {}
 
     def keep(name: str, fig) -> None:
-        save_figure(fig, name, folders)
+        save_figure(fig, name, folders, close=True)
         saved[name] = f"figures/{name}.png"
 
     world_figure(ws.world.test, folders=folders)

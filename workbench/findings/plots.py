@@ -25,8 +25,9 @@ from workbench.io import atomic_write_bytes  # noqa: E402
 FIGURES = Path(__file__).resolve().parents[2] / "figures"
 
 
-def save_figure(fig: plt.Figure, name: str, folders: Sequence[str | Path]) -> list[Path]:
-    """Write ``name.png`` (150 dpi) and ``name.svg`` into each folder atomically; return the paths."""
+def save_figure(fig: plt.Figure, name: str, folders: Sequence[str | Path], *, close: bool = False) -> list[Path]:
+    """Write ``name.png`` (150 dpi) and ``name.svg`` into each folder atomically; return the paths. ``close``:
+    release the figure afterwards (scripts that draw many figures; a notebook that still shows it keeps it open)."""
     import io
 
     paths = []
@@ -35,6 +36,8 @@ def save_figure(fig: plt.Figure, name: str, folders: Sequence[str | Path]) -> li
         fig.savefig(buf, format=fmt, dpi=150, bbox_inches="tight")
         for folder in folders:
             paths.append(atomic_write_bytes(Path(folder) / f"{name}.{fmt}", buf.getvalue()))
+    if close:
+        plt.close(fig)
     return paths
 
 
@@ -85,5 +88,5 @@ def world_grid(split: Split, n: int = 8) -> plt.Figure:
 
 
 def world_figure(split: Split, n: int = 8, *, folders: Sequence[str | Path]) -> list[Path]:
-    """Save ``world_examples.{png,svg}`` (:func:`world_grid`) into ``folders``."""
-    return save_figure(world_grid(split, n), "world_examples", folders)
+    """Save ``world_examples.{png,svg}`` (:func:`world_grid`) into ``folders`` and close the figure."""
+    return save_figure(world_grid(split, n), "world_examples", folders, close=True)

@@ -251,11 +251,31 @@ def sensitivity_md(f: dict) -> str:
             + "; ".join(DEPENDS_ON) + ".\n\n" + markdown(rows))
 
 
+def tuning_md(tuning: dict | None, names: dict[str, str]) -> str:
+    """The tuning grid of every method (final validation semantic RSUM on the tuning seed), the chosen point in bold;
+    or why there is none."""
+    if not tuning:
+        return ("No tuning grid in this profile: every method ran at λ = 1 on the teacher's logits (see the "
+                "departures above).")
+    rows = []
+    for name, t in tuning.items():
+        chosen = t["chosen"]
+        points = [f"λ {q['lambda']:g}, {q['view']}: {_num(q['val_rsum'], 1)}" for q in t["grid"]]
+        grid = "; ".join(f"**{text}**" if q == chosen else text for q, text in zip(t["grid"], points, strict=True))
+        rows.append({"method": names.get(name, name), "chosen": f"λ = {chosen['lambda']:g}, teacher {chosen['view']}",
+                     "grid (final validation RSUM, semantic)": grid})
+    seed = next(iter(tuning.values()))["seed"]
+    return (f"Every method's grid on the validation split, one tuning seed ({seed}, never a test seed); the chosen "
+            "point (highest validation RSUM; ties: the smaller λ, then the logits) is what the tables below ran.\n\n"
+            + markdown(rows))
+
+
 def render_report(f: dict, profile, figures: dict[str, str]) -> str:
     """The whole ``report.md`` of a reproduce run from its ``findings.json`` content ``f``."""
     names = labels(f)
     parts = _intro(f, profile) + [
         f"![world]({figures.get('world_examples', '')})",
+        "## Tuning (validation split)", tuning_md(f.get("tuning"), names),
         "## Headline: retrieval (semantic protocol)", retrieval_md(f["retrieval"], names),
         "COCO protocol (a hit is only the item's own caption / image):", retrieval_md(f["retrieval_coco"], names),
         "Paired by seed (test RSUM minus ITC's; a run whose validation RSUM still rose > 1 % over its last three "
