@@ -8,6 +8,7 @@ import re
 import subprocess
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import pytest
 
 from workbench.experiments.plan import PROFILES
@@ -29,10 +30,11 @@ def test_reproduce_smoke_end_to_end(tmp_path, monkeypatch):
     # the smoke profile's settings under another name: no profile writes outside out (the quick one used to
     # copy every figure into the repository's figures/)
     monkeypatch.setitem(PROFILES, "tiny", PROFILES["smoke"])
-    before = repo_status()
+    before, open_figures = repo_status(), set(plt.get_fignums())
     groups = ("headline", "intervention", "room", "validity")
     findings = reproduce("tiny", out, groups=groups, workers=2, log=lambda *_: None)
     assert repo_status() == before
+    assert set(plt.get_fignums()) <= open_figures  # every figure it drew was saved and closed
     data = json.loads((out / "findings.json").read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON {c}"))
     for method in ("itc", "kl", "mse", "ranknet", "listnet", "listmle", "cprd", "teacher_rerank"):
         for key in ("retrieval", "retrieval_coco"):
