@@ -50,18 +50,17 @@ def with_point(v: Variant, lam: float, view: str) -> Variant:
     return replace(v, losses=losses, changes={**dict(v.changes), **VIEWS[view]})
 
 
+def grid_points(p: ReproduceProfile, v: Variant) -> list[tuple[float, str, str]]:
+    """``(λ, view, run name)`` of every grid point of method ``v``; run names are ``<method>__l<λ>_<view>``."""
+    return [(lam, view, f"{v.name}__l{lam:g}_{view.replace('/', '_')}")
+            for view in views_of(v.distill.name, v.distill.params, p.tune_views) for lam in p.tune_lambdas]
+
+
 def grid_variants(p: ReproduceProfile, table: list[Variant]) -> list[Variant]:
-    """One ``tuning`` variant per method and grid point, named ``<method>__l<λ>_<view>``, trained on the tuning
-    seed only."""
-    rows = []
-    for v in tuned_methods(table):
-        for view in views_of(v.distill.name, v.distill.params, p.tune_views):
-            for lam in p.tune_lambdas:
-                point = with_point(v, lam, view)
-                rows.append(replace(point, name=f"{v.name}__l{lam:g}_{view.replace('/', '_')}", group="tuning",
-                                    label=f"{v.label}; λ = {lam:g}, teacher {view}", rerank=False, probe=False,
-                                    seeds="tune"))
-    return rows
+    """One ``tuning`` variant per method and grid point (:func:`grid_points`), trained on the tuning seed only."""
+    return [replace(with_point(v, lam, view), name=name, group="tuning", label=f"{v.label}; λ = {lam:g}, teacher "
+                    f"{view}", rerank=False, probe=False, seeds="tune")
+            for v in tuned_methods(table) for lam, view, name in grid_points(p, v)]
 
 
 def final_val_rsum(run: Path) -> float | None:
@@ -86,12 +85,9 @@ def grid_results(p: ReproduceProfile, table: list[Variant], done: list[Job]) -> 
     folders = {j.variant: j.out_dir for j in done}
     out = {}
     for v in tuned_methods(table):
-        points = []
-        for view in views_of(v.distill.name, v.distill.params, p.tune_views):
-            for lam in p.tune_lambdas:
-                name = f"{v.name}__l{lam:g}_{view.replace('/', '_')}"
-                rsum = final_val_rsum(folders[name]) if name in folders else None
-                points.append({"lambda": lam, "view": view, "val_rsum": rsum, "run": name})
+        points = [{"lambda": lam, "view": view, "run": name,
+                   "val_rsum": final_val_rsum(folders[name]) if name in folders else None}
+                  for lam, view, name in grid_points(p, v)]
         if any(q["val_rsum"] is not None for q in points):
             out[v.name] = {"grid": points, "chosen": choose(points), "seed": p.tune_seed}
     return out
