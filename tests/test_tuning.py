@@ -132,3 +132,25 @@ def test_reproduce_tunes_on_validation_then_runs_the_chosen_points(tmp_path, mon
     report = (out / "report.md").read_text()
     assert "## Tuning (validation split)" in report and "one tuning seed (100" in report
     assert (out / "runs" / "tuning" / "kl__l0.5_logits_seed100" / "metrics.json").is_file()
+
+
+def test_research_grid_script_plans_what_reproduce_would(tmp_path):
+    """research/fair/tuning_grid.py trains reproduce's own grid runs (same names and configs) for the methods it
+    is given, plus ITC on the tuning seed; an unknown method is refused by name."""
+    import sys
+    from pathlib import Path
+
+    from workbench.experiments.plan import jobs
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from research.fair.tuning_grid import plan_grid
+
+    p, table, grid, reference = plan_grid("cpu", ["kl", "listmle"], (0.25, 1.0), tmp_path)
+    expected = jobs(p, tmp_path / "runs", [v for v in grid_variants(p, variants(p)) if v.name.split("__")[0]
+                                           in ("kl", "listmle")])
+    assert [(j.out_dir, j.cfg) for j in grid] == [(j.out_dir, j.cfg) for j in expected]
+    assert len(grid) == 2 * 2 + 2  # KL: 2 λ × 2 views; ListMLE (scale-free): 2 λ
+    assert [j.seed for j in reference + grid] == [p.tune_seed] * 7
+    assert [t.name for t in reference[0].cfg.losses] == ["itc"]
+    with pytest.raises(ValueError, match="--methods.*'itc'"):
+        plan_grid("cpu", ["itc"], (1.0,), tmp_path)
