@@ -154,3 +154,25 @@ def test_research_grid_script_plans_what_reproduce_would(tmp_path):
     assert [t.name for t in reference[0].cfg.losses] == ["itc"]
     with pytest.raises(ValueError, match="--methods.*'itc'"):
         plan_grid("cpu", ["itc"], (1.0,), tmp_path)
+
+
+def test_research_grid_reading_follows_the_preregistered_margin():
+    """The fourth amendment's reading: ListMLE's chosen point − KL's, > 6.5 robust, < −6.5 reversed, else not
+    robust; a choice at the grid's smallest λ is flagged."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from research.fair.tuning_grid import reading
+
+    def grid(*points):
+        pts = [{"lambda": lam, "view": "logits", "val_rsum": v} for lam, v in points]
+        return {"grid": pts, "chosen": choose(pts), "seed": 100}
+
+    kl = grid((0.25, 430.0), (1.0, 400.0))
+    assert reading({"listmle": grid((0.25, 436.0), (1.0, 437.0)), "kl": kl})["verdict"] == "robust to the grid"
+    near = reading({"listmle": grid((0.25, 436.0), (1.0, 436.5)), "kl": kl})
+    assert near["verdict"] == "not robust" and near["difference"] == pytest.approx(6.5)
+    assert near["at_edge"] == ["kl"]
+    assert reading({"listmle": grid((1.0, 420.0),), "kl": kl})["verdict"] == "reversed"
+    assert reading({"kl": kl})["verdict"] == "untestable"

@@ -21,9 +21,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from workbench.experiments.parallel import finished, run_jobs  # noqa: E402
 from workbench.experiments.plan import PROFILES, jobs, variants  # noqa: E402
+from workbench.experiments.protocol import convergence  # noqa: E402
 from workbench.experiments.tuning import final_val_rsum, grid_results, grid_variants, tuned_methods  # noqa: E402
 from workbench.experiments.workspace import WORLD_PRESETS, open_workspace  # noqa: E402
-from workbench.io import write_json  # noqa: E402
+from workbench.findings.figures import learning_curves  # noqa: E402
+from workbench.findings.plots import save_figure  # noqa: E402
+from workbench.findings.report import tuning_md  # noqa: E402
+from workbench.io import read_json, write_json  # noqa: E402
+
+MARGIN = 6.5
+"""RSUM: twice the noise of a difference of two single runs (docs/protocol.md, fourth amendment)."""
 
 
 def plan_grid(profile: str, methods: list[str], lambdas: tuple[float, ...], out: Path):
@@ -41,6 +48,55 @@ def plan_grid(profile: str, methods: list[str], lambdas: tuple[float, ...], out:
     return p, table, jobs(p, out / "runs", grid_variants(p, table)), reference
 
 
+def reading(results: dict, ranking: str = "listmle", logit: str = "kl", margin: float = MARGIN) -> dict:
+    """The pre-registered reading of the grid: ``ranking``'s chosen point minus ``logit``'s (validation RSUM) is
+    *robust to the grid* above ``margin``, *reversed* below ``-margin``, else *not robust*; each chosen point's
+    λ at the grid's smallest value is flagged as at the edge."""
+    if ranking not in results or logit not in results:
+        return {"verdict": "untestable", "reason": f"the grid of {ranking!r} or {logit!r} did not finish"}
+    best = {m: results[m]["chosen"] for m in (ranking, logit)}
+    diff = best[ranking]["val_rsum"] - best[logit]["val_rsum"]
+    verdict = "robust to the grid" if diff > margin else "reversed" if diff < -margin else "not robust"
+    smallest = {m: min(q["lambda"] for q in results[m]["grid"]) for m in best}
+    return {"verdict": verdict, "difference": diff, "margin": margin, "chosen": best,
+            "at_edge": sorted(m for m in best if best[m]["lambda"] == smallest[m])}
+
+
+def write_report(table: list, grid: list, reference: list, p, json_path: Path) -> dict:
+    """``json_path`` (every point, the choice, ITC's reference, convergence flags, the reading), ``grid.md`` and
+    ``grid_curves.png`` beside it."""
+    done = [j for j in reference + grid if finished(j) is not None]
+    results = grid_results(p, table, done)
+    itc = final_val_rsum(reference[0].out_dir) if finished(reference[0]) is not None else None
+    summary = {"profile": p.name, "steps": p.steps, "seed": p.tune_seed, "lambdas": list(p.tune_lambdas),
+               "views": list(p.tune_views), "itc_val_rsum": itc, "methods": results,
+               "convergence": convergence(done),
+               "reading": reading(results)}
+    write_json(json_path, summary)
+    curves = {j.variant: {j.seed: tuple(zip(*[(r["step"], r["val_semantic_rsum"]) for r in
+                                              read_json(j.out_dir / "history.json") if "val_semantic_rsum" in r],
+                                            strict=True))} for j in done}
+    save_figure(learning_curves(curves, metric=f"validation RSUM (semantic), seed {p.tune_seed}"), "grid_curves",
+                [json_path.parent], close=True)
+    json_path.with_name("grid.md").write_text(_markdown(summary))
+    return summary
+
+
+def _markdown(s: dict) -> str:
+    r = s["reading"]
+    rising = sorted(n for n, c in s["convergence"].items() if c["still_rising_seeds"])
+    lines = [f"# Validation grid, seed {s['seed']}, {s['steps']} steps ({s['profile']} profile)", "",
+             tuning_md(s["methods"], {}, used="is the method's best point on this grid"), "",
+             f"ITC alone on the same seed: validation RSUM {s['itc_val_rsum']}.",
+             "", f"Runs whose validation RSUM still rose > 1 % over their last three evaluations: "
+             f"{', '.join(rising) or 'none'}.", "",
+             f"Pre-registered reading (docs/protocol.md, fourth amendment): **{r['verdict']}**"]
+    if "difference" in r:
+        lines[-1] += (f": ListMLE's chosen point − KL's = {r['difference']:+.1f} validation RSUM (margin ± "
+                      f"{r['margin']:g}); chosen at the grid's smallest λ: {', '.join(r['at_edge']) or 'none'}.")
+    return "\n".join(lines) + "\n\n![curves](grid_curves.png)\n"
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default="cpu")
@@ -49,21 +105,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, required=True, help="folder of the runs and the teacher-score store")
     ap.add_argument("--json", type=Path, required=True, help="where the grid's results go")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--report-only", action="store_true", help="train nothing: report the finished runs")
     args = ap.parse_args(argv)
     lambdas = tuple(float(x) for x in args.lambdas.split(","))
     p, table, grid, reference = plan_grid(args.profile, args.methods.split(","), lambdas, args.out)
     ws = open_workspace(WORLD_PRESETS[p.world], "auto", args.out / "teacher_scores.sqlite")
     print(f"[tuning] {len(grid)} grid runs + ITC on seed {p.tune_seed}, {p.steps} steps each")
-    run_jobs(ws, reference + grid, args.workers, progress=True)
-    results = grid_results(p, table, [j for j in grid if finished(j) is not None])
-    itc = final_val_rsum(reference[0].out_dir) if finished(reference[0]) is not None else None
-    write_json(args.json, {"profile": p.name, "steps": p.steps, "seed": p.tune_seed, "lambdas": list(lambdas),
-                           "views": list(p.tune_views), "itc_val_rsum": itc, "methods": results})
-    for name, r in results.items():
-        for q in r["grid"]:
-            print(f"{name:10s} λ={q['lambda']:<5g} {q['view']:9s} val RSUM {q['val_rsum']}")
-        print(f"{name:10s} chosen: λ={r['chosen']['lambda']:g} {r['chosen']['view']}")
-    print(f"itc        val RSUM {itc}")
+    if not args.report_only:
+        run_jobs(ws, reference + grid, args.workers, progress=True)
+    print(_markdown(write_report(table, grid, reference, p, args.json)))
 
 
 if __name__ == "__main__":

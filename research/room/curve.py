@@ -15,4 +15,5 @@ for run in sys.argv[1:]:
     print(run)
     for i, r in enumerate(rows):
         step = r.get("step", (i + 1) * 500)
-        print(f"  {step:>6}", " ".join(f"{k.replace('val_', '').replace('mp_', '')}={r[k]:.1f}" for k in KEYS if k in r))
+        shown = (f"{k.replace('val_', '').replace('mp_', '')}={r[k]:.1f}" for k in KEYS if k in r)
+        print(f"  {step:>6}", " ".join(shown))

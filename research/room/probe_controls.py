@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from workbench.experiments import WORLD_PRESETS, open_workspace  # noqa: E402
 from research.room.probes import bag_of_words, canonical_roles, probe_embeddings, stem_cell_features  # noqa: E402
+from workbench.experiments import WORLD_PRESETS, open_workspace  # noqa: E402
 
 torch.set_num_threads(1)
 name = sys.argv[1] if len(sys.argv) > 1 else "ambiguous-v1"

@@ -46,7 +46,8 @@ def truth_counts(split: Split, block: int = 500) -> dict[str, torch.Tensor]:
 
 def summary(split: Split) -> dict[str, float]:
     c = truth_counts(split)
-    co, io, conf, rel = c["caption_other_images"].float(), c["image_other_captions"].float(), c["caption_confusers"].float(), c["relational"]
+    co, io = c["caption_other_images"].float(), c["image_other_captions"].float()
+    conf, rel = c["caption_confusers"].float(), c["relational"]
     def q(x, p):
         return float(torch.quantile(x, p))
     return {

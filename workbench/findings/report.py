@@ -251,9 +251,9 @@ def sensitivity_md(f: dict) -> str:
             + "; ".join(DEPENDS_ON) + ".\n\n" + markdown(rows))
 
 
-def tuning_md(tuning: dict | None, names: dict[str, str]) -> str:
-    """The tuning grid of every method (final validation semantic RSUM on the tuning seed), the chosen point in bold;
-    or why there is none."""
+def tuning_md(tuning: dict | None, names: dict[str, str], used: str = "is what the tables below ran") -> str:
+    """The tuning grid of every method (final validation semantic RSUM on the tuning seed), the chosen point in bold
+    (``used``: what the text says of it); or why there is none."""
     if not tuning:
         return ("No tuning grid in this profile: every method ran at λ = 1 on the teacher's logits (see the "
                 "departures above).")
@@ -266,7 +266,7 @@ def tuning_md(tuning: dict | None, names: dict[str, str]) -> str:
                      "grid (final validation RSUM, semantic)": grid})
     seed = next(iter(tuning.values()))["seed"]
     return (f"Every method's grid on the validation split, one tuning seed ({seed}, never a test seed); the chosen "
-            "point (highest validation RSUM; ties: the smaller λ, then the logits) is what the tables below ran.\n\n"
+            f"point (highest validation RSUM; ties: the smaller λ, then the logits) {used}.\n\n"
             + markdown(rows))
 
 
