@@ -42,8 +42,29 @@ def execute(source: Path, timeout: int = CELL_TIMEOUT) -> tuple[object, float, s
     return nb, time.monotonic() - start, error
 
 
+WIDGET = "application/vnd.jupyter.widget-view+json"
+WIDGET_NOTE = ("interactive widget: it needs a running kernel. Open this notebook in JupyterLab (<code>make lab</code>, "
+               "README \"Reading group\") to use it; the cells below drive it and show what it draws.")
+
+
+def static_widgets(nb) -> int:
+    """Replace every widget output of ``nb`` (blank in a static page: no kernel behind it) by a note saying where
+    it works; return how many were replaced."""
+    count = 0
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})
+            if WIDGET in data:
+                output["data"] = {"text/html": f"<p style='border-left: 3px solid #888; padding-left: 8px'>"
+                                               f"<em>{WIDGET_NOTE}</em></p>", "text/plain": "[interactive widget]"}
+                count += 1
+    return count
+
+
 def write_page(nb: object, path: Path) -> None:
-    """The executed notebook as one self-contained HTML page (figures embedded as PNG)."""
+    """The executed notebook as one self-contained HTML page (figures embedded as PNG; widgets replaced by a note,
+    :func:`static_widgets`)."""
+    static_widgets(nb)
     body, _ = HTMLExporter(template_name="lab").from_notebook_node(nb)
     path.write_text(body, encoding="utf-8")
 

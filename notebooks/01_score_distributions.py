@@ -28,8 +28,8 @@
 # histograms and normal Q-Q plots, ask what the teacher's *scale* (logit, probability, tempered logit) changes for
 # a KL loss and for a ranking loss, and then explore freely with a widget. If `make demo` has run, its students and
 # its numbers (logit vs ranking distillation, trained) are used; otherwise the notebook trains an ITC student and
-# a KL-distilled one itself (full mode: not yet timed on the default world, see README, "Reading group";
-# `WORKBENCH_SMOKE=1`: seconds, tiny world).
+# a KL-distilled one itself (full mode: 291 s with `make book` on the workbench's 2-core CPU, two training jobs
+# sharing it; see README, "Reading group"; `WORKBENCH_SMOKE=1`: seconds, tiny world).
 
 # %%
 # %load_ext autoreload

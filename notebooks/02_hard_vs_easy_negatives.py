@@ -33,8 +33,9 @@
 #
 # Then pair by pair: how many of a window's pairs can the truth order at all, how often the teacher gets them
 # right, and how far apart its own match probabilities are. A per-query viewer shows one image, its candidate
-# captions, and the three orders. Full mode: ~1 minute on a laptop CPU (the demo's student when `make demo` has
-# run, else one trained here); `WORKBENCH_SMOKE=1`: seconds, tiny world.
+# captions, and the three orders. Full mode: 62 s with `make book` on the workbench's 2-core CPU, two training
+# jobs sharing it (the demo's student when `make demo` has run, else one trained here); `WORKBENCH_SMOKE=1`:
+# seconds, tiny world.
 
 # %%
 # %load_ext autoreload

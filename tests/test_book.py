@@ -23,6 +23,8 @@ def test_book_writes_an_executed_html_page_and_an_index(tmp_path):
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     page = (tmp_path / "book" / "04_loss_playground.html").read_text(encoding="utf-8")
     assert "data:image/png;base64" in page and "SMOKE MODE" in page and "Traceback" not in page
+    assert "interactive widget: it needs a running kernel" in page  # the playground, not a blank output
+    assert '<script type="application/vnd.jupyter.widget-view+json">' not in page
     index = (tmp_path / "book" / "index.html").read_text(encoding="utf-8")
     assert "href='04_loss_playground.html'" in index and " s</td><td>ok" in index
     assert not (ROOT / "notebooks" / "runs").exists()
