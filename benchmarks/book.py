@@ -43,8 +43,9 @@ def execute(source: Path, timeout: int = CELL_TIMEOUT) -> tuple[object, float, s
 
 
 WIDGET = "application/vnd.jupyter.widget-view+json"
-WIDGET_NOTE = ("interactive widget: it needs a running kernel. Open this notebook in JupyterLab (<code>make lab</code>, "
-               "README \"Reading group\") to use it; the cells below drive it and show what it draws.")
+WIDGET_NOTE = ("interactive widget: it needs a running kernel. Open this notebook in JupyterLab "
+               "(<code>make lab</code>, README \"Reading group\") to use it; the cells below drive it and show what "
+               "it draws.")
 
 
 def static_widgets(nb) -> int:

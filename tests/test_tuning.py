@@ -131,6 +131,7 @@ def test_reproduce_tunes_on_validation_then_runs_the_chosen_points(tmp_path, mon
         assert config["fit"]["teacher_output"] == ("tempered" if t["chosen"]["view"] == "logits/4" else "logit")
     report = (out / "report.md").read_text()
     assert "## Tuning (validation split)" in report and "one tuning seed (100" in report
+    assert "![tuning](figures/tuning_grid.png)" in report and (out / "figures" / "tuning_grid.png").is_file()
     assert (out / "runs" / "tuning" / "kl__l0.5_logits_seed100" / "metrics.json").is_file()
 
 

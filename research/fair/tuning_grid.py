@@ -24,7 +24,7 @@ from workbench.experiments.plan import PROFILES, jobs, variants  # noqa: E402
 from workbench.experiments.protocol import convergence  # noqa: E402
 from workbench.experiments.tuning import final_val_rsum, grid_results, grid_variants, tuned_methods  # noqa: E402
 from workbench.experiments.workspace import WORLD_PRESETS, open_workspace  # noqa: E402
-from workbench.findings.figures import learning_curves  # noqa: E402
+from workbench.findings.figures import learning_curves, tuning_grid  # noqa: E402
 from workbench.findings.plots import save_figure  # noqa: E402
 from workbench.findings.report import tuning_md  # noqa: E402
 from workbench.io import read_json, write_json  # noqa: E402
@@ -63,8 +63,8 @@ def reading(results: dict, ranking: str = "listmle", logit: str = "kl", margin: 
 
 
 def write_report(table: list, grid: list, reference: list, p, json_path: Path) -> dict:
-    """``json_path`` (every point, the choice, ITC's reference, convergence flags, the reading), ``grid.md`` and
-    ``grid_curves.png`` beside it."""
+    """``json_path`` (every point, the choice, ITC's reference, convergence flags, the reading), and beside it
+    ``grid.md``, ``grid_points.png`` (each point's final value) and ``grid_curves.png`` (every run's curve)."""
     done = [j for j in reference + grid if finished(j) is not None]
     results = grid_results(p, table, done)
     itc = final_val_rsum(reference[0].out_dir) if finished(reference[0]) is not None else None
@@ -78,6 +78,9 @@ def write_report(table: list, grid: list, reference: list, p, json_path: Path) -
                                             strict=True))} for j in done}
     save_figure(learning_curves(curves, metric=f"validation RSUM (semantic), seed {p.tune_seed}"), "grid_curves",
                 [json_path.parent], close=True)
+    if results:
+        save_figure(tuning_grid(results, itc, title=f"validation grid, seed {p.tune_seed} (dashed: ITC alone)"),
+                    "grid_points", [json_path.parent], close=True)
     json_path.with_name("grid.md").write_text(_markdown(summary))
     return summary
 
@@ -94,7 +97,7 @@ def _markdown(s: dict) -> str:
     if "difference" in r:
         lines[-1] += (f": ListMLE's chosen point − KL's = {r['difference']:+.1f} validation RSUM (margin ± "
                       f"{r['margin']:g}); chosen at the grid's smallest λ: {', '.join(r['at_edge']) or 'none'}.")
-    return "\n".join(lines) + "\n\n![curves](grid_curves.png)\n"
+    return "\n".join(lines) + "\n\n![grid](grid_points.png)\n\n![curves](grid_curves.png)\n"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -300,6 +300,8 @@ def write_figures(ws: BuiltinWorkspace, views, taus, findings: dict, out: Path) 
     if any(len(v) > 1 for v in scale.values()):
         keep("finding1_scale_check", fp.scale_check({m: {v: (s["mean"], s["std"] or 0.0) for v, s in d.items()}
                                                      for m, d in scale.items()}))
+    if findings.get("tuning"):
+        keep("tuning_grid", fp.tuning_grid(findings["tuning"]))
     keep("headline_rsum", headline_figure(findings["retrieval"]))
     paired = findings["paired"]["semantic"]  # rows by variant name (the labels are sentences)
     if paired:

@@ -327,3 +327,34 @@ def paired_differences(diffs: Mapping[str, Mapping[str, object]], *, metric: str
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+def tuning_grid(tuning: Mapping[str, Mapping[str, object]], reference: float | None = None, *,
+                title: str | None = None) -> plt.Figure:
+    """The tuning grid (``workbench.experiments.tuning.grid_results``): one row per method and grid point, its final
+    validation RSUM as a dot, the chosen point filled black; ``reference`` (e.g. ITC alone on the same seed) as a
+    dashed line. A point without a finite value (not run, diverged) is left out of the axis and named so.
+
+    Args:
+        tuning: ``{method: {"grid": [{"lambda", "view", "val_rsum"}], "chosen": point}}``.
+    """
+    rows = [(f"{method}: λ = {q['lambda']:g}, {q['view']}", q.get("val_rsum"), q == t["chosen"])
+            for method, t in tuning.items() for q in t["grid"]]
+    if not rows:
+        raise ValueError("tuning must hold at least one method with a grid, got none")
+    fig, ax = plt.subplots(figsize=(6.5, 0.45 * len(rows) + 1.4))
+    for y, (_, value, chosen) in enumerate(rows):
+        if value is not None and np.isfinite(value):
+            ax.scatter([value], [y], s=45, zorder=3, color="k" if chosen else "white", edgecolors="k",
+                       label="chosen" if chosen and "chosen" not in ax.get_legend_handles_labels()[1] else None)
+    if reference is not None:
+        ax.axvline(reference, ls="--", color="0.4", lw=1, label=f"reference {reference:.1f}")
+    ax.set_yticks(range(len(rows)), [label + ("" if v is not None and np.isfinite(v) else " (no value)")
+                                     for label, v, _ in rows], fontsize=10)
+    ax.set_ylim(len(rows) - 0.5, -0.5)  # top to bottom, half a row of margin
+    ax.set_xlabel("final validation RSUM (semantic)")
+    ax.set_title(title or "tuning grid (validation split)", fontsize=10)
+    ax.legend(fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return fig

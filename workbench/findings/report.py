@@ -276,6 +276,7 @@ def render_report(f: dict, profile, figures: dict[str, str]) -> str:
     parts = _intro(f, profile) + [
         f"![world]({figures.get('world_examples', '')})",
         "## Tuning (validation split)", tuning_md(f.get("tuning"), names),
+        f"![tuning]({figures['tuning_grid']})" if "tuning_grid" in figures else "",
         "## Headline: retrieval (semantic protocol)", retrieval_md(f["retrieval"], names),
         "COCO protocol (a hit is only the item's own caption / image):", retrieval_md(f["retrieval_coco"], names),
         "Paired by seed (test RSUM minus ITC's; a run whose validation RSUM still rose > 1 % over its last three "
