@@ -22,11 +22,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from workbench.experiments.parallel import finished, run_jobs  # noqa: E402
 from workbench.experiments.plan import PROFILES, jobs, variants  # noqa: E402
 from workbench.experiments.protocol import convergence  # noqa: E402
-from workbench.experiments.tuning import final_val_rsum, grid_results, grid_variants, tuned_methods  # noqa: E402
+from workbench.experiments.tuning import (  # noqa: E402
+    apply_choice,
+    final_val_rsum,
+    grid_results,
+    grid_variants,
+    tuned_methods,
+)
 from workbench.experiments.workspace import WORLD_PRESETS, open_workspace  # noqa: E402
 from workbench.findings.figures import learning_curves, tuning_grid  # noqa: E402
 from workbench.findings.plots import save_figure  # noqa: E402
 from workbench.findings.report import tuning_md  # noqa: E402
+from workbench.findings.stats import paired_difference  # noqa: E402
 from workbench.io import read_json, write_json  # noqa: E402
 
 MARGIN = 6.5
@@ -90,7 +97,7 @@ def _markdown(s: dict) -> str:
     rising = sorted(n for n, c in s["convergence"].items() if c["still_rising_seeds"])
     lines = [f"# Validation grid, seed {s['seed']}, {s['steps']} steps ({s['profile']} profile)", "",
              tuning_md(s["methods"], {}, used="is the method's best point on this grid"), "",
-             f"ITC alone on the same seed: validation RSUM {s['itc_val_rsum']}.",
+             f"ITC alone on the same seed: validation RSUM {s['itc_val_rsum']:.1f}.",
              "", f"Runs whose validation RSUM still rose > 1 % over their last three evaluations: "
              f"{', '.join(rising) or 'none'}.", "",
              f"Pre-registered reading (docs/protocol.md, fourth amendment): **{r['verdict']}**"]
@@ -98,6 +105,30 @@ def _markdown(s: dict) -> str:
         lines[-1] += (f": ListMLE's chosen point − KL's = {r['difference']:+.1f} validation RSUM (margin ± "
                       f"{r['margin']:g}); chosen at the grid's smallest λ: {', '.join(r['at_edge']) or 'none'}.")
     return "\n".join(lines) + "\n\n![grid](grid_points.png)\n\n![curves](grid_curves.png)\n"
+
+
+def confirm_jobs(p, table: list, results: dict, methods: list[str], out: Path) -> list:
+    """The test-seed runs of each of ``methods`` at its chosen grid point (the profile's headline seeds), as
+    ``reproduce`` would train them after tuning: folders ``out/runs/final/<group>/<method>_seed<s>``."""
+    tuned = [v for v in apply_choice(table, results) if v.name in methods]
+    return jobs(p, out / "runs" / "final", [replace(v, rerank=False, probe=False) for v in tuned])
+
+
+def confirm_report(done: list, reference_findings: Path) -> dict:
+    """Test semantic RSUM per seed of the confirm runs ``done``, and each paired by seed against every method of
+    ``reference_findings`` (a reproduce run's findings.json: its ``per_seed_rsum``) it shares >= 2 seeds with."""
+    ref = {m: {int(k): v for k, v in seeds.items()}
+           for m, seeds in read_json(reference_findings)["per_seed_rsum"]["semantic"].items()}
+    out = {}
+    for name in sorted({j.variant for j in done}):
+        rsum = {j.seed: read_json(j.out_dir / "metrics.json")["retrieval"]["semantic"]["rsum"] for j in done
+                if j.variant == name}
+        out[name] = {"label": next(j.cfg for j in done if j.variant == name).losses[-1].spell(), "rsum": rsum,
+                     "reference": str(reference_findings),
+                     "minus": {m: paired_difference(rsum, r) for m, r in ref.items() if len(set(rsum) & set(r)) >= 2},
+                     "reference_minus": {m: paired_difference(r, rsum) for m, r in ref.items()
+                                         if len(set(rsum) & set(r)) >= 2}}
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -109,6 +140,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--json", type=Path, required=True, help="where the grid's results go")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--report-only", action="store_true", help="train nothing: report the finished runs")
+    ap.add_argument("--confirm", default="", help="comma-separated methods to train at their chosen point on the "
+                    "profile's test seeds, then pair with --reference's per-seed test RSUM")
+    ap.add_argument("--reference", type=Path, default=Path("benchmarks/results/fair_cpu/findings.json"),
+                    help="findings.json of the untuned runs the confirm runs are paired with")
     args = ap.parse_args(argv)
     lambdas = tuple(float(x) for x in args.lambdas.split(","))
     p, table, grid, reference = plan_grid(args.profile, args.methods.split(","), lambdas, args.out)
@@ -116,7 +151,15 @@ def main(argv: list[str] | None = None) -> None:
     print(f"[tuning] {len(grid)} grid runs + ITC on seed {p.tune_seed}, {p.steps} steps each")
     if not args.report_only:
         run_jobs(ws, reference + grid, args.workers, progress=True)
-    print(_markdown(write_report(table, grid, reference, p, args.json)))
+    summary = write_report(table, grid, reference, p, args.json)
+    if args.confirm:
+        todo = confirm_jobs(p, table, summary["methods"], args.confirm.split(","), args.out)
+        if not args.report_only:
+            run_jobs(ws, todo, args.workers, progress=True)
+        summary["test"] = confirm_report([j for j in todo if finished(j) is not None], args.reference)
+        write_json(args.json, summary)
+        args.json.with_name("grid.md").write_text(_markdown(summary))
+    print(_markdown(summary))
 
 
 if __name__ == "__main__":

@@ -216,7 +216,11 @@ def learning_curves(curves: Mapping[str, Mapping[int, tuple[ArrayLike, ArrayLike
     ax.set_xlabel("step")
     ax.set_ylabel(metric)
     ax.set_title(f"dot: within {tolerance:.0%} of the plateau from there on; circle: still rising", fontsize=9)
-    ax.legend(fontsize=8)
+    if len(curves) > 4:  # many methods: the legend beside the axes, not over the curves
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        fig.set_size_inches(8.2, 3.6)
+    else:
+        ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
