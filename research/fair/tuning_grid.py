@@ -104,7 +104,31 @@ def _markdown(s: dict) -> str:
     if "difference" in r:
         lines[-1] += (f": ListMLE's chosen point − KL's = {r['difference']:+.1f} validation RSUM (margin ± "
                       f"{r['margin']:g}); chosen at the grid's smallest λ: {', '.join(r['at_edge']) or 'none'}.")
+    lines += _test_lines(s.get("test", {}))
     return "\n".join(lines) + "\n\n![grid](grid_points.png)\n\n![curves](grid_curves.png)\n"
+
+
+def _ci(d: dict) -> str:
+    return f"{d['mean']:+.1f} [{d['ci95'][0]:+.1f}, {d['ci95'][1]:+.1f}]"
+
+
+def _test_lines(test: dict) -> list[str]:
+    """The confirm runs: test RSUM per seed, minus ITC, and Finding 1 (b) read by docs/protocol.md § 5 on the chosen
+    ListMLE (its committed λ = 1 runs) minus each confirmed logit method."""
+    lines = []
+    for name, t in test.items():
+        seeds = ", ".join(f"{t['rsum'][k]:.1f}" for k in sorted(t["rsum"], key=int))
+        lines += ["", f"## {name} at its chosen point on the test seeds ({t['label']})", "",
+                  f"Test semantic RSUM per seed: {seeds}. Paired by seed (95 % t CI) against `{t['reference']}`: "
+                  f"{name} − ITC {_ci(t['minus']['itc'])}; {name} − itself at λ = 1 on logits "
+                  f"{_ci(t['minus'][name])}."]
+        if "listmle" in t["reference_minus"]:
+            d = t["reference_minus"]["listmle"]
+            verdict = ("reproduced" if d["ci95"][0] > 0 else "not reproduced" if d["ci95"][1] < 0
+                       else "inconclusive")
+            lines += ["", f"Finding 1 (b) at the chosen points: ListMLE (λ = 1) − {name} = {_ci(d)} → "
+                      f"**{verdict}** by § 5's rule (given (a), which holds in the committed report)."]
+    return lines
 
 
 def confirm_jobs(p, table: list, results: dict, methods: list[str], out: Path) -> list:
@@ -123,7 +147,9 @@ def confirm_report(done: list, reference_findings: Path) -> dict:
     for name in sorted({j.variant for j in done}):
         rsum = {j.seed: read_json(j.out_dir / "metrics.json")["retrieval"]["semantic"]["rsum"] for j in done
                 if j.variant == name}
-        out[name] = {"label": next(j.cfg for j in done if j.variant == name).losses[-1].spell(), "rsum": rsum,
+        cfg = next(j.cfg for j in done if j.variant == name)
+        label = f"{cfg.losses[-1].spell()}, teacher {cfg.teacher_output} (T = {cfg.teacher_temperature:g})"
+        out[name] = {"label": label, "rsum": rsum,
                      "reference": str(reference_findings),
                      "minus": {m: paired_difference(rsum, r) for m, r in ref.items() if len(set(rsum) & set(r)) >= 2},
                      "reference_minus": {m: paired_difference(r, rsum) for m, r in ref.items()
