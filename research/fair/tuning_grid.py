@@ -21,19 +21,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from workbench.experiments.parallel import finished, run_jobs  # noqa: E402
 from workbench.experiments.plan import PROFILES, jobs, variants  # noqa: E402
-from workbench.experiments.protocol import convergence  # noqa: E402
+from workbench.experiments.protocol import convergence, paired_against, reference_minus  # noqa: E402
 from workbench.experiments.tuning import (  # noqa: E402
     apply_choice,
     final_val_rsum,
     grid_results,
     grid_variants,
     tuned_methods,
+    val_rows,
 )
 from workbench.experiments.workspace import WORLD_PRESETS, open_workspace  # noqa: E402
 from workbench.findings.figures import learning_curves, tuning_grid  # noqa: E402
 from workbench.findings.plots import save_figure  # noqa: E402
 from workbench.findings.report import tuning_md  # noqa: E402
-from workbench.findings.stats import paired_difference  # noqa: E402
+from workbench.findings.verdicts import finding1_verdict  # noqa: E402
 from workbench.io import read_json, write_json  # noqa: E402
 
 MARGIN = 6.5
@@ -69,27 +70,29 @@ def reading(results: dict, ranking: str = "listmle", logit: str = "kl", margin: 
             "at_edge": sorted(m for m in best if best[m]["lambda"] == smallest[m])}
 
 
-def write_report(table: list, grid: list, reference: list, p, json_path: Path) -> dict:
-    """``json_path`` (every point, the choice, ITC's reference, convergence flags, the reading), and beside it
-    ``grid.md``, ``grid_points.png`` (each point's final value) and ``grid_curves.png`` (every run's curve)."""
+def summarise(table: list, grid: list, reference: list, p) -> tuple[dict, list]:
+    """``(summary, finished jobs)``: every point, the choice, ITC's reference, convergence flags, the reading."""
     done = [j for j in reference + grid if finished(j) is not None]
     results = grid_results(p, table, done)
-    itc = final_val_rsum(reference[0].out_dir) if finished(reference[0]) is not None else None
-    summary = {"profile": p.name, "steps": p.steps, "seed": p.tune_seed, "lambdas": list(p.tune_lambdas),
-               "views": list(p.tune_views), "itc_val_rsum": itc, "methods": results,
-               "convergence": convergence(done),
-               "reading": reading(results)}
+    itc = final_val_rsum(reference[0].out_dir) if reference[0] in done else None
+    return {"profile": p.name, "steps": p.steps, "seed": p.tune_seed, "lambdas": list(p.tune_lambdas),
+            "views": list(p.tune_views), "itc_val_rsum": itc, "methods": results, "convergence": convergence(done),
+            "reading": reading(results)}, done
+
+
+def write_report(summary: dict, done: list, json_path: Path) -> None:
+    """``json_path`` (the summary), and beside it ``grid.md``, ``grid_points.png`` (each point's final value) and
+    ``grid_curves.png`` (every finished run's validation curve)."""
     write_json(json_path, summary)
-    curves = {j.variant: {j.seed: tuple(zip(*[(r["step"], r["val_semantic_rsum"]) for r in
-                                              read_json(j.out_dir / "history.json") if "val_semantic_rsum" in r],
-                                            strict=True))} for j in done}
-    save_figure(learning_curves(curves, metric=f"validation RSUM (semantic), seed {p.tune_seed}"), "grid_curves",
-                [json_path.parent], close=True)
-    if results:
-        save_figure(tuning_grid(results, itc, title=f"validation grid, seed {p.tune_seed} (dashed: ITC alone)"),
+    curves = {j.variant: {j.seed: ([r["step"] for r in rows], [r["val_semantic_rsum"] for r in rows])}
+              for j in done for rows in [val_rows(j.out_dir)]}
+    save_figure(learning_curves(curves, metric=f"validation RSUM (semantic), seed {summary['seed']}"),
+                "grid_curves", [json_path.parent], close=True)
+    if summary["methods"]:
+        save_figure(tuning_grid(summary["methods"], summary["itc_val_rsum"],
+                                title=f"validation grid, seed {summary['seed']} (dashed: ITC alone)"),
                     "grid_points", [json_path.parent], close=True)
     json_path.with_name("grid.md").write_text(_markdown(summary))
-    return summary
 
 
 def _markdown(s: dict) -> str:
@@ -113,8 +116,7 @@ def _ci(d: dict) -> str:
 
 
 def _test_lines(test: dict) -> list[str]:
-    """The confirm runs: test RSUM per seed, minus ITC, and Finding 1 (b) read by docs/protocol.md § 5 on the chosen
-    ListMLE (its committed λ = 1 runs) minus each confirmed logit method."""
+    """The confirm runs: test RSUM per seed, minus ITC and minus its untuned self, and Finding 1's verdict."""
     lines = []
     for name, t in test.items():
         seeds = ", ".join(f"{t['rsum'][k]:.1f}" for k in sorted(t["rsum"], key=int))
@@ -122,12 +124,10 @@ def _test_lines(test: dict) -> list[str]:
                   f"Test semantic RSUM per seed: {seeds}. Paired by seed (95 % t CI) against `{t['reference']}`: "
                   f"{name} − ITC {_ci(t['minus']['itc'])}; {name} − itself at λ = 1 on logits "
                   f"{_ci(t['minus'][name])}."]
-        if "listmle" in t["reference_minus"]:
-            d = t["reference_minus"]["listmle"]
-            verdict = ("reproduced" if d["ci95"][0] > 0 else "not reproduced" if d["ci95"][1] < 0
-                       else "inconclusive")
-            lines += ["", f"Finding 1 (b) at the chosen points: ListMLE (λ = 1) − {name} = {_ci(d)} → "
-                      f"**{verdict}** by § 5's rule (given (a), which holds in the committed report)."]
+        if "finding1" in t:
+            lines += ["", f"Finding 1 at the chosen points (ListMLE at λ = 1, its committed runs, − {name}), by "
+                      f"`workbench.findings.verdicts.finding1_verdict` on the reference's distributions: "
+                      f"**{t['finding1']['verdict']}** ({t['finding1']['reason']})."]
     return lines
 
 
@@ -139,21 +139,25 @@ def confirm_jobs(p, table: list, results: dict, methods: list[str], out: Path) -
 
 
 def confirm_report(done: list, reference_findings: Path) -> dict:
-    """Test semantic RSUM per seed of the confirm runs ``done``, and each paired by seed against every method of
-    ``reference_findings`` (a reproduce run's findings.json: its ``per_seed_rsum``) it shares >= 2 seeds with."""
-    ref = {m: {int(k): v for k, v in seeds.items()}
-           for m, seeds in read_json(reference_findings)["per_seed_rsum"]["semantic"].items()}
+    """Test semantic RSUM per seed of the confirm runs ``done``, each paired by seed with every method of
+    ``reference_findings`` (a reproduce run's findings.json: its ``per_seed_rsum``) it shares >= 2 seeds with, and
+    Finding 1's verdict (docs/protocol.md § 5) on ListMLE − the tuned run, by the workbench's own rule."""
+    findings = read_json(reference_findings)
+    ref = {m: {int(k): v for k, v in seeds.items()} for m, seeds in findings["per_seed_rsum"]["semantic"].items()}
     out = {}
     for name in sorted({j.variant for j in done}):
-        rsum = {j.seed: read_json(j.out_dir / "metrics.json")["retrieval"]["semantic"]["rsum"] for j in done
-                if j.variant == name}
+        tuned = f"{name} (tuned)"
+        values = {**ref, tuned: {j.seed: read_json(j.out_dir / "metrics.json")["retrieval"]["semantic"]["rsum"]
+                                 for j in done if j.variant == name}}
         cfg = next(j.cfg for j in done if j.variant == name)
-        label = f"{cfg.losses[-1].spell()}, teacher {cfg.teacher_output} (T = {cfg.teacher_temperature:g})"
-        out[name] = {"label": label, "rsum": rsum,
-                     "reference": str(reference_findings),
-                     "minus": {m: paired_difference(rsum, r) for m, r in ref.items() if len(set(rsum) & set(r)) >= 2},
-                     "reference_minus": {m: paired_difference(r, rsum) for m, r in ref.items()
-                                         if len(set(rsum) & set(r)) >= 2}}
+        vs = paired_against(values, tuned)  # every reference method − the tuned run
+        out[name] = {"label": f"{cfg.losses[-1].spell()}, teacher {cfg.teacher_output} (T = "
+                              f"{cfg.teacher_temperature:g})",
+                     "rsum": values[tuned], "reference": str(reference_findings),
+                     "minus": reference_minus(values, tuned), "reference_minus": vs}
+        if "listmle" in vs:
+            transfer = {"ranking": "listmle", "logit": tuned, "difference": vs["listmle"]}
+            out[name]["finding1"] = finding1_verdict({"finding1": {**findings["finding1"], "transfer": transfer}})
     return out
 
 
@@ -177,14 +181,13 @@ def main(argv: list[str] | None = None) -> None:
     print(f"[tuning] {len(grid)} grid runs + ITC on seed {p.tune_seed}, {p.steps} steps each")
     if not args.report_only:
         run_jobs(ws, reference + grid, args.workers, progress=True)
-    summary = write_report(table, grid, reference, p, args.json)
+    summary, done = summarise(table, grid, reference, p)
     if args.confirm:
         todo = confirm_jobs(p, table, summary["methods"], args.confirm.split(","), args.out)
         if not args.report_only:
             run_jobs(ws, todo, args.workers, progress=True)
         summary["test"] = confirm_report([j for j in todo if finished(j) is not None], args.reference)
-        write_json(args.json, summary)
-        args.json.with_name("grid.md").write_text(_markdown(summary))
+    write_report(summary, done, args.json)
     print(_markdown(summary))
 
 

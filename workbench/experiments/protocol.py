@@ -14,10 +14,10 @@ from typing import Any
 from workbench.evaluation.slates import EvalSlates
 from workbench.experiments.parallel import Job
 from workbench.experiments.plan import BASE, ITC, METHODS, ORDERS, Variant
+from workbench.experiments.tuning import val_rows
 from workbench.findings.agreement import accuracy_by_gap
 from workbench.findings.coordination import shared_slate_coordination
 from workbench.findings.stats import paired_difference, plateau_step, seed_stats
-from workbench.io import read_json
 from workbench.training.checkpoint import load_student
 from workbench.training.config import FitConfig
 
@@ -61,7 +61,7 @@ def convergence(done: list[Job], *, tolerance: float = 0.01, window: int = 3) ->
     ``tolerance`` over their last ``window`` evaluations (flagged, not retrained: § 2 of the protocol)."""
     finals, rising = {}, {}
     for job in done:
-        rows = [r for r in read_json(job.out_dir / "history.json") if "val_semantic_rsum" in r]
+        rows = val_rows(job.out_dir)
         if len(rows) < window:
             continue
         curve = plateau_step([r["step"] for r in rows], [r["val_semantic_rsum"] for r in rows],

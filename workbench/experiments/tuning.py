@@ -63,9 +63,14 @@ def grid_variants(p: ReproduceProfile, table: list[Variant]) -> list[Variant]:
             for v in tuned_methods(table) for lam, view, name in grid_points(p, v)]
 
 
+def val_rows(run: Path) -> list[dict[str, Any]]:
+    """The rows of ``run/history.json`` that hold a validation semantic RSUM (one per evaluation, in step order)."""
+    return [r for r in read_json(run / "history.json") if "val_semantic_rsum" in r]
+
+
 def final_val_rsum(run: Path) -> float | None:
     """The last validation semantic RSUM in ``run/history.json`` (None when the run logged none)."""
-    rows = [r for r in read_json(run / "history.json") if "val_semantic_rsum" in r]
+    rows = val_rows(run)
     return float(rows[-1]["val_semantic_rsum"]) if rows else None
 
 
