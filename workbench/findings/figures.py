@@ -346,15 +346,17 @@ def tuning_grid(tuning: Mapping[str, Mapping[str, object]], reference: float | N
             for method, t in tuning.items() for q in t["grid"]]
     if not rows:
         raise ValueError("tuning must hold at least one method with a grid, got none")
+    shown = [value is not None and bool(np.isfinite(value)) for _, value, _ in rows]
     fig, ax = plt.subplots(figsize=(6.5, 0.45 * len(rows) + 1.4))
+    first_chosen = next((y for y, (_, _, chosen) in enumerate(rows) if chosen and shown[y]), None)
     for y, (_, value, chosen) in enumerate(rows):
-        if value is not None and np.isfinite(value):
+        if shown[y]:
             ax.scatter([value], [y], s=45, zorder=3, color="k" if chosen else "white", edgecolors="k",
-                       label="chosen" if chosen and "chosen" not in ax.get_legend_handles_labels()[1] else None)
+                       label="chosen" if y == first_chosen else None)
     if reference is not None:
         ax.axvline(reference, ls="--", color="0.4", lw=1, label=f"reference {reference:.1f}")
-    ax.set_yticks(range(len(rows)), [label + ("" if v is not None and np.isfinite(v) else " (no value)")
-                                     for label, v, _ in rows], fontsize=10)
+    labels = [label + ("" if ok else " (no value)") for (label, _, _), ok in zip(rows, shown, strict=True)]
+    ax.set_yticks(range(len(rows)), labels, fontsize=10)
     ax.set_ylim(len(rows) - 0.5, -0.5)  # top to bottom, half a row of margin
     ax.set_xlabel("final validation RSUM (semantic)")
     ax.set_title(title or "tuning grid (validation split)", fontsize=10)
