@@ -20,9 +20,9 @@ SMALL_STEM = StemConfig(hidden=32, dim=16)
 SMALL_STUDENT = StudentConfig(dim=32, embed_dim=24, heads=4, mlp=48, image_layers=1, text_layers=1, stem=SMALL_STEM)
 
 
-def small_teacher_config(fusion: str) -> TeacherConfig:
-    return TeacherConfig(dim=32, heads=4, mlp=48, image_layers=1, text_layers=1, fusion=fusion, fusion_layers=2,
-                         embed_dim=24, stem=SMALL_STEM)
+def small_teacher_config(fusion: str, fusion_layers: int = 2) -> TeacherConfig:
+    return TeacherConfig(dim=32, heads=4, mlp=48, image_layers=1, text_layers=1, fusion=fusion,
+                         fusion_layers=fusion_layers, embed_dim=24, stem=SMALL_STEM)
 
 
 @pytest.fixture(scope="module")
@@ -176,9 +176,12 @@ def test_cross_encoder_gradients_never_reach_the_stem(batch, fusion):
     assert not any(p.requires_grad for p in teacher.stem.parameters())
 
 
-def test_pair_scorer_equals_direct_scores_and_encodes_each_item_once(tiny_world):
+@pytest.mark.parametrize("fusion, layers", [("cross", 2), ("cross", 1), ("cross", 3), ("single", 2)])
+def test_pair_scorer_equals_direct_scores_and_encodes_each_item_once(tiny_world, fusion, layers):
+    """The scorer's cached path (cross fusion: one-sided parts cached, last layer on [CLS] only) against the full
+    forward pass of each pair, for fusion stacks whose first layer is also the last, or not."""
     torch.manual_seed(0)
-    teacher = CrossEncoder(small_teacher_config("cross")).eval()
+    teacher = CrossEncoder(small_teacher_config(fusion, layers)).eval()
     s = tiny_world.val
     images, tokens = s.images[:10], s.tokens[:30]
     counts = {"images": 0, "texts": 0}

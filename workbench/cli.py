@@ -151,8 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser("reproduce", help="the paper's three findings: trainings, analyses, report.md, findings.json")
     rep.add_argument("--profile", default="quick", choices=REPRODUCE_PROFILES,
-                     help="smoke | quick (every group, 200 steps) | full (1,500 steps) | demo (the headline at 600 "
-                          "steps, 3 seeds, and the Finding 1 figures)")
+                     help="smoke | quick (every group, 200 steps) | full (the protocol: 2,000 steps, 5 seeds, the "
+                          "tuning grid) | cpu (the fair test's largest 2-core size: 2,000 steps, 3 seeds, no grid) | "
+                          "demo (the headline at 600 steps, 3 seeds, and the Finding 1 figures)")
     rep.add_argument("--out", default="runs/reproduce")
     rep.add_argument("--teacher", default=None, help="teacher folder (default: the committed one)")
     rep.add_argument("--workers", type=int, default=None, help="parallel training processes (default: profile's)")
@@ -161,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="runs trained as one batched model per worker (default: 32 on a GPU, 1 on a CPU)")
     rep.add_argument("--analyse-only", action="store_true",
                      help="train nothing: analyse the runs already finished under --out (the report says which ran)")
+    rep.add_argument("--seeds", type=int, default=None,
+                     help="seeds of every group (default: the profile's); finished runs are kept, so a larger value "
+                          "adds seeds to a profile already run under --out")
 
     demo = sub.add_parser("demo", help="what `make demo` runs: `reproduce` on the built-in world (report, figures)")
     demo.add_argument("--profile", default="demo", choices=REPRODUCE_PROFILES)
@@ -406,7 +410,7 @@ def cmd_reproduce(args) -> int:
         check_choice("--groups entry", g, ALL_GROUPS)
     _check_workers(args.workers)
     reproduce(args.profile, Path(args.out), teacher_dir=args.teacher, workers=args.workers, groups=groups,
-              members=args.members, progress=True, analyse_only=args.analyse_only)
+              members=args.members, progress=True, analyse_only=args.analyse_only, seeds=args.seeds)
     return 0
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from workbench.checks import check_int
 from workbench.experiments.parallel import Job
 from workbench.training.config import FitConfig, LossTerm, profile
 
@@ -124,6 +125,8 @@ class ReproduceProfile:
         rank = {name: i for i, name in enumerate(self.first)}
         return sorted(todo, key=lambda j: rank.get(j.variant, len(rank)))
 
+
+PROTOCOL_SEEDS = 5  # docs/protocol.md § 4: seeds of every group in the full profile
 
 METHODS: dict[str, tuple[tuple[LossTerm, ...], str]] = {  # the headline methods, all on the same slates
     "itc": ((ITC,), "ITC only"),
@@ -273,6 +276,24 @@ PROFILES = {
                                          "~7 % below its plateau)", "no tuning grid: every method at λ = 1 on the "
                                          "teacher's logits", "the headline group only")),
 }
+
+
+def with_seeds(p: ReproduceProfile, seeds: int | None) -> ReproduceProfile:
+    """``p`` with ``seeds`` seeds for every group (``None``: ``p`` unchanged)."""
+    if seeds is None:
+        return p
+    check_int("seeds", seeds, min_value=1)
+    return replace(p, seeds=seeds, extra_seeds=seeds)
+
+
+def seed_departure(p: ReproduceProfile) -> str | None:
+    """The protocol's seed counts (docs/protocol.md § 4: 5 for every group) where ``p`` departs from them."""
+    if min(p.seeds, p.extra_seeds) >= PROTOCOL_SEEDS:
+        return None
+    if p.seeds == p.extra_seeds:
+        return f"{p.seeds} seed{'s' * (p.seeds > 1)} for every group, not the protocol's {PROTOCOL_SEEDS}"
+    return (f"{p.seeds} seeds for the headline and baselines and {p.extra_seeds} for the other groups, not the "
+            f"protocol's {PROTOCOL_SEEDS}")
 
 
 def jobs(p: ReproduceProfile, out: Path, table: list[Variant] | None = None) -> list[Job]:

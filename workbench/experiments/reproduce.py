@@ -23,7 +23,17 @@ from workbench.evaluation.evaluate import evaluate_teacher
 from workbench.evaluation.slates import EvalSlates, build_eval_slates
 from workbench.experiments import protocol as fair
 from workbench.experiments.parallel import Job, finished, run_jobs
-from workbench.experiments.plan import BASE, METHODS, PROFILES, VALIDITY, ReproduceProfile, Variant, jobs, variants
+from workbench.experiments.plan import (
+    BASE,
+    METHODS,
+    PROFILES,
+    VALIDITY,
+    ReproduceProfile,
+    Variant,
+    jobs,
+    variants,
+    with_seeds,
+)
 from workbench.experiments.runs import fill_store
 from workbench.experiments.tuning import apply_choice, grid_results, grid_variants
 from workbench.experiments.workspace import WORLD_PRESETS, BuiltinWorkspace, open_workspace
@@ -159,15 +169,17 @@ def validity_analysis(slates: dict[str, EvalSlates], runs: Runs) -> dict:
 
 def reproduce(profile_name: str, out: Path, *, teacher_dir: str | Path | None = None, workers: int | None = None,
               groups: tuple[str, ...] | None = None, log=print, members: int | None = None,
-              progress: bool = False, analyse_only: bool = False) -> dict[str, Any]:
+              progress: bool = False, analyse_only: bool = False, seeds: int | None = None) -> dict[str, Any]:
     """Run the plan and the analyses; write ``out/report.md``, ``out/findings.json`` and the figures.
 
     ``members``: runs trained together as one batched model per worker (default: 32 on a GPU, 1 on a CPU; see
     :func:`~workbench.experiments.parallel.run_jobs`); ``progress``: a progress bar over every run's steps;
-    ``analyse_only``: train nothing, analyse the runs already finished (e.g. after stopping a long profile).
+    ``analyse_only``: train nothing, analyse the runs already finished (e.g. after stopping a long profile);
+    ``seeds``: seeds of every group instead of the profile's (seeds 0 .. seeds - 1; finished runs are kept, so a
+    larger value adds seeds to a finished profile).
     """
     start = time.time()
-    p = PROFILES[profile_name]
+    p = with_seeds(PROFILES[profile_name], seeds)
     ws = open_workspace(WORLD_PRESETS[p.world], teacher_dir or "auto", out / "teacher_scores.sqlite")
     groups = p.groups if groups is None else groups
     table = [v for v in variants(p) if groups is None or v.group in groups or v.group == "headline"]
