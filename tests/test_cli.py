@@ -245,3 +245,9 @@ def test_real_entry_point_exits_2_with_one_line_and_no_traceback(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("workbench train: error: loss 'cprd' got unknown hyperparameter")
     assert not (tmp_path / "x").exists()
+
+
+def test_reproduce_rejects_a_seed_count_below_one(capsys, tmp_path):
+    fails(capsys, ["reproduce", "--profile", "smoke", "--out", str(tmp_path / "r"), "--seeds", "0"],
+          "--seeds must be >= 1, got 0")
+    assert not (tmp_path / "r").exists()

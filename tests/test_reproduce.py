@@ -11,7 +11,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pytest
 
-from workbench.experiments.plan import PROFILES
+from workbench.experiments.plan import PROFILES, jobs, with_seeds
 from workbench.experiments.reproduce import reproduce
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,3 +78,23 @@ def test_the_cli_offers_every_reproduce_profile():
     assert list(PROFILES) == REPRODUCE_PROFILES
     demo = PROFILES["demo"]
     assert demo.groups == ("headline",) and demo.seeds == 3  # make demo: the headline table, 3 seeds
+
+
+def test_more_seeds_keep_the_finished_runs_and_add_the_new_seeds(tmp_path):
+    """``reproduce --seeds 5`` on a finished 3-seed profile: the same run folders and configs for seeds 0-2 (so
+    ``finished`` finds them and nothing is retrained), seeds 3 and 4 added for every variant; the report's
+    departures follow the seed counts."""
+    cpu = PROFILES["cpu"]
+    five = with_seeds(cpu, 5)
+    old = {j.out_dir: j.cfg for j in jobs(cpu, tmp_path)}
+    new = {j.out_dir: j.cfg for j in jobs(five, tmp_path)}
+    assert all(new[d] == cfg for d, cfg in old.items())
+    added = sorted({int(d.name.rsplit("_seed", 1)[1]) for d in new.keys() - old.keys()})
+    assert added == [3, 4] and len(new) == len(old) * 5 // 3
+    assert cpu.stated_departures[0] == "3 seeds for every group, not the protocol's 5"
+    assert five.stated_departures == cpu.departures  # 5 seeds: no seed departure left
+    assert PROFILES["quick"].stated_departures[0] == ("3 seeds for the headline and baselines and 1 for the other "
+                                                      "groups, not the protocol's 5")
+    assert with_seeds(cpu, None) is cpu
+    with pytest.raises(ValueError, match="seeds must be >= 1, got 0"):
+        with_seeds(cpu, 0)

@@ -401,7 +401,7 @@ def cmd_teacher_scores(args) -> int:
 
 
 def cmd_reproduce(args) -> int:
-    from workbench.checks import check_choice
+    from workbench.checks import check_choice, check_int
     from workbench.experiments.plan import ALL_GROUPS
     from workbench.experiments.reproduce import reproduce
 
@@ -409,6 +409,8 @@ def cmd_reproduce(args) -> int:
     for g in groups or ():
         check_choice("--groups entry", g, ALL_GROUPS)
     _check_workers(args.workers)
+    if args.seeds is not None:
+        check_int("--seeds", args.seeds, min_value=1)
     reproduce(args.profile, Path(args.out), teacher_dir=args.teacher, workers=args.workers, groups=groups,
               members=args.members, progress=True, analyse_only=args.analyse_only, seeds=args.seeds)
     return 0

@@ -114,6 +114,12 @@ class ReproduceProfile:
     tune_views: tuple[str, ...] = ("logits", "logits/4")  # the grid's teacher views (workbench.experiments.tuning)
     tune_seed: int = 100  # the one seed of the tuning runs (never a test seed)
 
+    @property
+    def stated_departures(self) -> tuple[str, ...]:
+        """Where this profile departs from docs/protocol.md: its seed counts (below § 4's) and :attr:`departures`."""
+        seeds = seed_departure(self)
+        return ((seeds,) if seeds else ()) + self.departures
+
     def seed_list(self, variant: Variant) -> tuple[int, ...]:
         """The seeds ``variant`` runs with under this profile."""
         if variant.seeds == "tune":
@@ -239,8 +245,7 @@ PROFILES = {
                               ("threshold0",), ("truth", "mentions_only"), probe_seeds=1, full_list="hard+easy",
                               departures=("200 steps: far from converged on the default world (ITC's validation "
                                           "plateau is near 2,000 steps), a check that every analysis runs, not a "
-                                          "verdict", "no tuning grid: every method at λ = 1 on the teacher's logits",
-                                          "1 seed for every group but the headline and baselines")),
+                                          "verdict", "no tuning grid: every method at λ = 1 on the teacher's logits")),
     # the protocol (docs/protocol.md): S = 2,000 steps from the learning curves (§ 2), the tuning grid on seed 100
     # (§ 3), 5 seeds for every group (§ 4). Hours of a GPU, days of a 2-core CPU.
     "full": ReproduceProfile("full", "default", "full", 2000, 5, 5, ("probability", "tempered"), (0.25, 0.5, 2.0),
@@ -262,7 +267,7 @@ PROFILES = {
                             first=("itc", "cprd", "listmle", "listmle_hard_random", "listmle_hard_truth", "negclip",
                                    "cprd_chain", "mined_itc", "kl", "listmle_easy", "listmle_easy_random",
                                    "listmle_easy_truth"),
-                            departures=("3 seeds, not the 5 of the full profile", "no tuning grid: every method at "
+                            departures=("no tuning grid: every method at "
                                         "λ = 1 on the teacher's logits", "methods: ITC, CPRD, ListMLE, KL, and (added "
                                         "after seeing CPRD's first two seeds) cprd_chain, mined_itc, negclip; no MSE, "
                                         "RankNet, ListNet",

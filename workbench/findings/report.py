@@ -143,7 +143,7 @@ def _intro(f: dict, profile) -> list[str]:
         + ", ".join(f"{k} {v:.1f}%" for k, v in mp.items())
         + f"; graded Spearman {_num(teacher.get('graded_spearman'), 3)}.",
     ] + (["**Departures from docs/protocol.md in this profile** (decided before its runs): "
-          + "; ".join(profile.departures) + "."] if getattr(profile, "departures", ()) else [])
+          + "; ".join(profile.stated_departures) + "."] if getattr(profile, "stated_departures", ()) else [])
 
 
 def _finding1(f: dict, figures: dict[str, str], names: dict[str, str]) -> list[str]:
