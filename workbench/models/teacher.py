@@ -163,9 +163,10 @@ class CrossEncoder(nn.Module):
         version of the scoring numerics (a store never mixes scores computed by different scoring code)."""
         return self.config_dict() | {"scoring": SCORING_VERSION}
 
-    def pair_scorer(self, split, batch: int = 2048, chunk: int | None = None) -> PairScorer:
+    def pair_scorer(self, split, batch: int = 2048, chunk: int | None = None, cached_fusion: bool = True
+                    ) -> PairScorer:
         """A :class:`PairScorer` over a built-in split's (image, caption) index pairs."""
-        return PairScorer(self, split.images, split.tokens, batch, chunk)
+        return PairScorer(self, split.images, split.tokens, batch, chunk, cached_fusion)
 
 
 class PairScorer:
@@ -185,22 +186,20 @@ class PairScorer:
 
     A ``fusion="cross"`` teacher also caches what depends on one side of the pair only (the first fusion layer's
     self-attention per caption, every layer's cross-attention keys and values per image) and runs the last layer
-    for the [CLS] row only (:mod:`workbench.models.cached_fusion`).
+    for the [CLS] row only (:mod:`workbench.models.cached_fusion`); ``cached_fusion=False`` runs every pair through
+    the whole fusion instead (the reference the cached path is tested and benchmarked against).
     """
 
     def __init__(self, teacher: CrossEncoder, images: torch.Tensor, tokens: torch.Tensor, batch: int = 2048,
-                 chunk: int | None = None):
+                 chunk: int | None = None, cached_fusion: bool = True):
         self.teacher, self.images, self.tokens, self.batch = teacher, images, tokens, batch
+        self.cached_fusion = cached_fusion and teacher.config.fusion == "cross"
         device = next(teacher.parameters()).device
         self.chunk = chunk or (PAIR_CHUNK if device.type == "cpu" else PAIR_CHUNK_ACCELERATOR)
         self._img: torch.Tensor | None = None
         self._txt: tuple[torch.Tensor, torch.Tensor] | None = None
         self._lengths: torch.Tensor | None = None
         self.pairs_scored = 0
-
-    @property
-    def _cached_fusion(self) -> bool:
-        return self.teacher.config.fusion == "cross"
 
     @torch.no_grad()
     def _encodings(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -217,17 +216,17 @@ class PairScorer:
 
     def _image_side(self, images: torch.Tensor) -> torch.Tensor:
         img = self.teacher.encode_image(images)
-        return image_keys_values(self.teacher.fusion_blocks, img) if self._cached_fusion else img
+        return image_keys_values(self.teacher.fusion_blocks, img) if self.cached_fusion else img
 
     def _caption_side(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         txt, pad = self.teacher.encode_text(tokens)
-        if self._cached_fusion:
+        if self.cached_fusion:
             txt = caption_states(self.teacher.fusion_blocks[0], txt, pad)
         return txt, pad
 
     def _logits(self, img_side: torch.Tensor, txt_side: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
         """ITM logits [chunk] of one fixed-shape chunk of pairs (captions of one length, trimmed)."""
-        if self._cached_fusion:
+        if self.cached_fusion:
             return cls_logits(self.teacher, txt_side, img_side)
         return self.teacher.itm(img_side, txt_side, pad)
 
