@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from workbench.experiments.parallel import finished, run_jobs  # noqa: E402
-from workbench.experiments.plan import PROFILES, jobs, variants  # noqa: E402
+from workbench.experiments.plan import PROFILES, jobs, variants, with_seeds  # noqa: E402
 from workbench.experiments.protocol import convergence, paired_against, reference_minus  # noqa: E402
 from workbench.experiments.tuning import (  # noqa: E402
     apply_choice,
@@ -41,10 +41,11 @@ MARGIN = 6.5
 """RSUM: twice the noise of a difference of two single runs (docs/protocol.md, fourth amendment)."""
 
 
-def plan_grid(profile: str, methods: list[str], lambdas: tuple[float, ...], out: Path):
+def plan_grid(profile: str, methods: list[str], lambdas: tuple[float, ...], out: Path, seeds: int | None = None):
     """``(profile, tuned table, grid jobs, ITC's reference job)``: the grid of ``methods`` under ``profile`` with
-    ``lambdas`` (the profile's views), on the profile's tuning seed."""
-    p = replace(PROFILES[profile], tune_lambdas=lambdas)
+    ``lambdas`` (the profile's views), on the profile's tuning seed; ``seeds``: test seeds of the confirm runs
+    (default: the profile's)."""
+    p = with_seeds(replace(PROFILES[profile], tune_lambdas=lambdas), seeds)
     table = [v for v in variants(p) if v.name in methods or v.name == "itc"]
     unknown = sorted(set(methods) - {v.name for v in tuned_methods(table)})
     if unknown:
@@ -172,11 +173,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--report-only", action="store_true", help="train nothing: report the finished runs")
     ap.add_argument("--confirm", default="", help="comma-separated methods to train at their chosen point on the "
                     "profile's test seeds, then pair with --reference's per-seed test RSUM")
+    ap.add_argument("--seeds", type=int, default=None, help="test seeds of the confirm runs (default: the "
+                    "profile's); finished runs are kept")
     ap.add_argument("--reference", type=Path, default=Path("benchmarks/results/fair_cpu/findings.json"),
                     help="findings.json of the untuned runs the confirm runs are paired with")
     args = ap.parse_args(argv)
     lambdas = tuple(float(x) for x in args.lambdas.split(","))
-    p, table, grid, reference = plan_grid(args.profile, args.methods.split(","), lambdas, args.out)
+    p, table, grid, reference = plan_grid(args.profile, args.methods.split(","), lambdas, args.out, args.seeds)
     ws = open_workspace(WORLD_PRESETS[p.world], "auto", args.out / "teacher_scores.sqlite")
     print(f"[tuning] {len(grid)} grid runs + ITC on seed {p.tune_seed}, {p.steps} steps each")
     if not args.report_only:
