@@ -207,6 +207,10 @@ def test_pair_scorer_equals_direct_scores_and_encodes_each_item_once(tiny_world,
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(scorer.probability(img, cap), torch.sigmoid(want[:25]), atol=1e-6, rtol=1e-5)
     assert scorer(torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long)).shape == (0,)
+    assert scorer.cached_fusion == (fusion == "cross")
+    if fusion == "single":
+        with pytest.raises(ValueError, match="cached fusion needs a fusion='cross' teacher, got fusion='single'"):
+            teacher.image_side(images, cached=True)
 
 
 # ----------------------------------------------------------------------------------------- configs, loading

@@ -13,9 +13,10 @@ the image patches, layer by layer, and the ITM head reads the [CLS] state of the
 
 :func:`cls_logits` runs the rest for a chunk of pairs. The result is the same function as
 ``teacher.itm(img[i], txt[j], pad[j])`` (equal to float rounding: ``tests/test_teacher.py`` compares them), at about
-half the work on the built-in world. The captions of one call have one length and no padding (the pair scorer groups
-and trims them), so no attention mask is applied; the softmax over the 9 patches is written out because PyTorch's
-CPU softmax is slow on rows that short.
+half the work on the built-in world. The pair scorer's captions of one call have one length and no padding (it
+groups and trims them), so it applies no attention mask; the dense teacher's chunks may hold shorter captions and
+pass their padding. The softmax over the 9 patches is written out because PyTorch's CPU softmax is slow on rows
+that short.
 
 Shapes: ``d`` model width, ``h`` heads, ``L`` fusion layers, ``T`` words + 1, ``S = 9`` patches.
 """
@@ -67,32 +68,39 @@ def image_keys_values(blocks, img: torch.Tensor) -> torch.Tensor:
 
 
 def _attend(attn: Attention, query: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax) -> torch.Tensor:
-    """Attention of query [B, Tq, d] over keys/values [B, h, S, d / h] (no mask) -> [B, Tq, d]."""
+    """Attention of query [B, Tq, d] over keys/values [B, h, S, d / h] -> [B, Tq, d]; ``softmax`` normalises the
+    scores [B, h, Tq, S] (and masks them, where keys are padding)."""
     d = attn.dim
     q = _heads(F.linear(query, attn.in_proj_weight[:d], attn.in_proj_bias[:d]), attn.heads)
     weights = softmax((q * (1.0 / math.sqrt(d // attn.heads))) @ k.transpose(-1, -2))
     return attn.out_proj(_merge(weights @ v))
 
 
-def _self_attention(block: Block, x: torch.Tensor, cls_only: bool) -> torch.Tensor:
-    """x + self-attention (no padding); with ``cls_only`` only the [CLS] row: x [B, T, d] -> [B, T or 1, d]."""
+def _masked_softmax(pad: torch.Tensor | None):
+    """Softmax over keys with the padding keys (pad bool [B, S], True at padding) given no weight."""
+    if pad is None:
+        return lambda s: s.softmax(dim=-1)
+    return lambda s: s.masked_fill(pad[:, None, None, :], float("-inf")).softmax(dim=-1)
+
+
+def _self_attention(block: Block, x: torch.Tensor, pad: torch.Tensor | None, cls_only: bool) -> torch.Tensor:
+    """x + self-attention; with ``cls_only`` only the [CLS] row: x [B, T, d], pad bool [B, T] -> [B, T or 1, d]."""
     attn, y = block.attn, block.norm1(x)
     d = attn.dim
     k, v = F.linear(y, attn.in_proj_weight[d:], attn.in_proj_bias[d:]).chunk(2, dim=-1)
     rows = slice(0, 1) if cls_only else slice(None)
-    return x[:, rows] + _attend(attn, y[:, rows], _heads(k, attn.heads), _heads(v, attn.heads),
-                                lambda s: s.softmax(dim=-1))
+    return x[:, rows] + _attend(attn, y[:, rows], _heads(k, attn.heads), _heads(v, attn.heads), _masked_softmax(pad))
 
 
-def cls_logits(teacher, states: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
-    """ITM logits float [P] of aligned pairs from :func:`caption_states` [P, T, d] (captions of one length, no padding)
-    and :func:`image_keys_values` [P, L, 2, h, S, d / h]."""
+def cls_logits(teacher, states: torch.Tensor, kv: torch.Tensor, pad: torch.Tensor | None = None) -> torch.Tensor:
+    """ITM logits float [P] of aligned pairs from :func:`caption_states` [P, T, d] and :func:`image_keys_values`
+    [P, L, 2, h, S, d / h]; ``pad`` bool [P, T] marks padding words (None: captions of one length, no padding)."""
     blocks = teacher.fusion_blocks
     x = states
     for layer, block in enumerate(blocks):
         last = layer == len(blocks) - 1
         if layer > 0:
-            x = _self_attention(block, x, cls_only=last)
+            x = _self_attention(block, x, pad, cls_only=last)
         elif last:
             x = x[:, :1]
         x = x + _attend(block.cross, block.norm_c(x), kv[:, layer, 0], kv[:, layer, 1], _short_softmax)

@@ -143,6 +143,36 @@ class CrossEncoder(nn.Module):
         txt, pad = self.encode_text(tokens)
         return self.itm(self.encode_image(images), txt, pad)
 
+    @property
+    def can_cache_fusion(self) -> bool:
+        """Whether pairs can be scored through :mod:`workbench.models.cached_fusion` (``fusion="cross"``)."""
+        return self.config.fusion == "cross"
+
+    def image_side(self, images: torch.Tensor, cached: bool) -> torch.Tensor:
+        """What a pair needs of its image: the encodings [N, 9, d], or (``cached``) every fusion layer's
+        cross-attention keys and values [N, L, 2, h, 9, d / h]."""
+        img = self.encode_image(images)
+        return image_keys_values(self.fusion_blocks, img) if self._cached(cached) else img
+
+    def caption_side(self, tokens: torch.Tensor, cached: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """What a pair needs of its caption: (word encodings, or (``cached``) the first fusion layer's states after
+        its self-attention, float [M, T, d]; padding bool [M, T])."""
+        txt, pad = self.encode_text(tokens)
+        return (caption_states(self.fusion_blocks[0], txt, pad) if self._cached(cached) else txt), pad
+
+    def itm_sides(self, img_side: torch.Tensor, txt_side: torch.Tensor, pad: torch.Tensor | None, cached: bool
+                  ) -> torch.Tensor:
+        """ITM logits float [P] of aligned pairs from :meth:`image_side` / :meth:`caption_side` rows (the same
+        ``cached``); ``pad`` None: captions without padding (cached path only)."""
+        if self._cached(cached):
+            return cls_logits(self, txt_side, img_side, pad)
+        return self.itm(img_side, txt_side, pad)
+
+    def _cached(self, cached: bool) -> bool:
+        if cached and not self.can_cache_fusion:
+            raise ValueError(f"cached fusion needs a fusion='cross' teacher, got fusion={self.config.fusion!r}")
+        return cached
+
     def itc_embed_image(self, img: torch.Tensor) -> torch.Tensor:
         """img encodings [N, 9, d] -> L2-normalised [N, embed_dim] (mean over patches)."""
         return F.normalize(self.itc_image(img.mean(1)), dim=-1)
@@ -193,7 +223,7 @@ class PairScorer:
     def __init__(self, teacher: CrossEncoder, images: torch.Tensor, tokens: torch.Tensor, batch: int = 2048,
                  chunk: int | None = None, cached_fusion: bool = True):
         self.teacher, self.images, self.tokens, self.batch = teacher, images, tokens, batch
-        self.cached_fusion = cached_fusion and teacher.config.fusion == "cross"
+        self.cached_fusion = cached_fusion and teacher.can_cache_fusion
         device = next(teacher.parameters()).device
         self.chunk = chunk or (PAIR_CHUNK if device.type == "cpu" else PAIR_CHUNK_ACCELERATOR)
         self._img: torch.Tensor | None = None
@@ -208,27 +238,12 @@ class PairScorer:
         if self._img is None:
             self.teacher.eval()
             dev = next(self.teacher.parameters()).device
-            self._img = torch.cat([self._image_side(x.to(dev)) for x in self.images.split(self.batch)])
-            parts = [self._caption_side(t.to(dev)) for t in self.tokens.split(self.batch)]
+            self._img = torch.cat([self.teacher.image_side(x.to(dev), self.cached_fusion)
+                                   for x in self.images.split(self.batch)])
+            parts = [self.teacher.caption_side(t.to(dev), self.cached_fusion) for t in self.tokens.split(self.batch)]
             self._txt = (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
             self._lengths = (~self._txt[1]).sum(1)  # tokens before the padding, per caption
         return self._img, *self._txt
-
-    def _image_side(self, images: torch.Tensor) -> torch.Tensor:
-        img = self.teacher.encode_image(images)
-        return image_keys_values(self.teacher.fusion_blocks, img) if self.cached_fusion else img
-
-    def _caption_side(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        txt, pad = self.teacher.encode_text(tokens)
-        if self.cached_fusion:
-            txt = caption_states(self.teacher.fusion_blocks[0], txt, pad)
-        return txt, pad
-
-    def _logits(self, img_side: torch.Tensor, txt_side: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
-        """ITM logits [chunk] of one fixed-shape chunk of pairs (captions of one length, trimmed)."""
-        if self.cached_fusion:
-            return cls_logits(self.teacher, txt_side, img_side)
-        return self.teacher.itm(img_side, txt_side, pad)
 
     @torch.no_grad()
     def __call__(self, img: torch.Tensor, cap: torch.Tensor) -> torch.Tensor:
@@ -247,7 +262,8 @@ class PairScorer:
             if padded > m:  # fill the last chunk with copies of the first pair: every call has one shape
                 i, c = torch.cat([i, i[:1].expand(padded - m)]), torch.cat([c, c[:1].expand(padded - m)])
             chunks = zip(i.split(self.chunk), c.split(self.chunk), strict=True)
-            scores = [self._logits(enc_img[a], txt[b, :length], pad[b, :length]).float() for a, b in chunks]
+            scores = [self.teacher.itm_sides(enc_img[a], txt[b, :length], None if self.cached_fusion else
+                                             pad[b, :length], self.cached_fusion).float() for a, b in chunks]
             out[rows] = torch.cat(scores)[:m]
         self.pairs_scored += n
         return out.cpu()

@@ -88,8 +88,9 @@ class DenseTeacherScores:
         start = time.perf_counter()
         t = self.teacher
         n, m = self.shape
-        img_enc = torch.cat([t.encode_image(x.to(self.device)) for x in self.split.images.split(1024)])
-        parts = [t.encode_text(x.to(self.device)) for x in self.split.tokens.split(1024)]
+        cached = t.can_cache_fusion  # one-sided parts cached, the last layer on [CLS] only (models/cached_fusion)
+        img_enc = torch.cat([t.image_side(x.to(self.device), cached) for x in self.split.images.split(1024)])
+        parts = [t.caption_side(x.to(self.device), cached) for x in self.split.tokens.split(1024)]
         txt, pad = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
         lengths = (self.split.tokens != PAD).sum(1)
         order = torch.sort(lengths, stable=True).indices  # captions by length (CPU)
@@ -110,7 +111,7 @@ class DenseTeacherScores:
                 c1 = min(m * r, c0 + self.chunk)
                 length = sorted_len[(c1 - 1) // r]  # the longest caption of the chunk (sorted ascending)
                 i, c = img[c0:c1], cap[c0:c1]
-                logits = t.itm(img_enc[i], txt[c, :length], pad[c, :length]).float()
+                logits = t.itm_sides(img_enc[i], txt[c, :length], pad[c, :length], cached).float()
                 grid[i, c] = logits.to(self.dtype)
         self.grid = grid
         if self.device.type == "cuda":
