@@ -68,6 +68,10 @@ def test_reproduce_smoke_end_to_end(tmp_path, monkeypatch):
     partial = reproduce("tiny", out, groups=groups, analyse_only=True, log=lambda *_: None)
     assert partial["retrieval"]["kl"]["rsum"]["values"] == findings["retrieval"]["kl"]["rsum"]["values"][:1]
     assert partial["retrieval"]["cprd"] == findings["retrieval"]["cprd"]
+    assert findings["runs"]["not_finished"] == [] and partial["runs"]["not_finished"] == ["kl_seed1"]
+    planned = findings["runs"]["planned"]
+    assert f"{planned - 1} of the {planned} planned runs finished: not finished `kl_seed1`." in (
+        out / "report.md").read_text()
     assert not (out / "runs" / "headline" / "kl_seed1" / "metrics.json").exists()  # analysing trains nothing
 
 

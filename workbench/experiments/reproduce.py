@@ -185,7 +185,7 @@ def reproduce(profile_name: str, out: Path, *, teacher_dir: str | Path | None = 
     table = [v for v in variants(p) if groups is None or v.group in groups or v.group == "headline"]
     tuned = _tune(ws, p, out, table, workers, log, members, progress, analyse_only) if p.tune_lambdas else {}
     table = apply_choice(table, tuned)
-    todo = p.schedule(jobs(p, out / "runs", table))
+    todo = planned = p.schedule(jobs(p, out / "runs", table))
     if analyse_only:
         results = {j.out_dir: m for j in todo if (m := finished(j)) is not None}
         todo = [j for j in todo if j.out_dir in results]
@@ -213,6 +213,8 @@ def reproduce(profile_name: str, out: Path, *, teacher_dir: str | Path | None = 
         "retrieval_coco": retrieval_table(runs, "coco") | _rerank(runs, "coco"),
         "finding1": f1, "finding2": f2, "finding3": finding3(runs, {k: v for k, v in histories.items() if v}, table),
         "validity": validity_analysis(slates, runs), "teacher": _teacher_metrics(ws), "tuning": tuned,
+        "runs": {"planned": len(planned), "not_finished": [j.out_dir.name for j in planned
+                                                            if results.get(j.out_dir) is None]},
     }
     findings["finding3"]["shared_slates"] = fair.pop("shared_slates")
     findings |= fair

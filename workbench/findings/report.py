@@ -142,8 +142,17 @@ def _intro(f: dict, profile) -> list[str]:
         "Teacher (committed checkpoint) minimal-pair accuracy on test: "
         + ", ".join(f"{k} {v:.1f}%" for k, v in mp.items())
         + f"; graded Spearman {_num(teacher.get('graded_spearman'), 3)}.",
-    ] + (["**Departures from docs/protocol.md in this profile** (decided before its runs): "
+    ] + _runs_line(f.get("runs")) + (["**Departures from docs/protocol.md in this profile** (decided before its runs): "
           + "; ".join(profile.stated_departures) + "."] if getattr(profile, "stated_departures", ()) else [])
+
+
+def _runs_line(runs: dict | None) -> list[str]:
+    """How many of the planned runs finished, naming the others (a profile stopped early is analysed as it is)."""
+    if not runs:
+        return []
+    missing = runs["not_finished"]
+    done = f"{runs['planned'] - len(missing)} of the {runs['planned']} planned runs finished"
+    return [done + (": not finished " + ", ".join(f"`{m}`" for m in missing) if missing else "") + "."]
 
 
 def _finding1(f: dict, figures: dict[str, str], names: dict[str, str]) -> list[str]:
