@@ -177,3 +177,32 @@ def test_research_grid_reading_follows_the_preregistered_margin():
     assert near["at_edge"] == ["kl"]
     assert reading({"listmle": grid((1.0, 420.0),), "kl": kl})["verdict"] == "reversed"
     assert reading({"kl": kl})["verdict"] == "untestable"
+
+
+def test_the_tuned_cprd_is_read_by_the_headline_rule_against_the_references_baselines():
+    """research/fair/tuning_grid.py --confirm cprd: the headline rule with the tuned CPRD's paired differences in
+    place of the reference's, against the baselines the reference's own headline used (not every method that ran),
+    with the reference's room."""
+    import sys
+    from pathlib import Path
+
+    from workbench.findings.stats import paired_difference
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from research.fair.tuning_grid import tuned_headline
+
+    def diff(*values):
+        return paired_difference(list(values), [0.0] * len(values))
+
+    findings = {"paired_cprd": {"semantic": {"negclip": {}, "listmle": {}}}, "room": {"rsum": 100.0},
+                "retrieval": {"itc": {"rsum": {"mean": 440.0}}, "teacher_rerank": {"rsum": {"mean": 590.0}}}}
+    minus = {"itc": diff(9.0, 10.0, 11.0), "negclip": diff(4.0, 5.0, 6.0), "listmle": diff(-3.0, 1.0, 5.0),
+             "kl": diff(-50.0, -40.0, -45.0)}
+    h = tuned_headline(findings, minus)
+    assert h["beats_itc"] and h["beats_baselines"] == {"negclip": True, "listmle": False}
+    assert h["room_share"] == pytest.approx(0.10) and h["gap_closed"] == pytest.approx(10.0 / 150.0)
+    assert not h["goal_met"]
+    minus["listmle"] = diff(4.0, 5.0, 6.0)
+    assert not tuned_headline(findings, minus)["goal_met"]  # every baseline beaten, but 10 % of the room < 30 %
+    findings["room"] = {"rsum": 20.0}
+    assert tuned_headline(findings, minus)["goal_met"]

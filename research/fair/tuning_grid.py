@@ -34,7 +34,7 @@ from workbench.experiments.workspace import WORLD_PRESETS, open_workspace  # noq
 from workbench.findings.figures import learning_curves, tuning_grid  # noqa: E402
 from workbench.findings.plots import save_figure  # noqa: E402
 from workbench.findings.report import tuning_md  # noqa: E402
-from workbench.findings.verdicts import finding1_verdict  # noqa: E402
+from workbench.findings.verdicts import finding1_verdict, headline_verdict  # noqa: E402
 from workbench.io import read_json, write_json  # noqa: E402
 
 MARGIN = 6.5
@@ -125,6 +125,12 @@ def _test_lines(test: dict) -> list[str]:
                   f"Test semantic RSUM per seed: {seeds}. Paired by seed (95 % t CI) against `{t['reference']}`: "
                   f"{name} − ITC {_ci(t['minus']['itc'])}; {name} − itself at λ = 1 on logits "
                   f"{_ci(t['minus'][name])}."]
+        if "headline" in t:
+            h = t["headline"]
+            beats = ", ".join(f"{b}: {v}" for b, v in h["beats_baselines"].items())
+            room = "" if h["room_share"] is None else f"; share of the room {h['room_share']:.2f}"
+            lines += ["", "Headline rule on the tuned CPRD (`workbench.findings.verdicts.headline_verdict`): beats "
+                      f"ITC: {h['beats_itc']}; beats {beats}{room}; the paper's goal met: **{h['goal_met']}**."]
         if "finding1" in t:
             lines += ["", f"Finding 1 at the chosen points (ListMLE at λ = 1, its committed runs, − {name}), by "
                       f"`workbench.findings.verdicts.finding1_verdict` on the reference's distributions: "
@@ -159,7 +165,19 @@ def confirm_report(done: list, reference_findings: Path) -> dict:
         if "listmle" in vs:
             transfer = {"ranking": "listmle", "logit": tuned, "difference": vs["listmle"]}
             out[name]["finding1"] = finding1_verdict({"finding1": {**findings["finding1"], "transfer": transfer}})
+        if name == "cprd":
+            out[name]["headline"] = tuned_headline(findings, out[name]["minus"])
     return out
+
+
+def tuned_headline(findings: dict, minus: dict) -> dict:
+    """The headline rule (docs/protocol.md § 5, ``verdicts.headline_verdict``) with the tuned CPRD in place of the
+    reference's: ``minus`` = the tuned CPRD − each reference method, paired by seed; the same baselines as the
+    reference's own headline, and its re-ranking gap and room."""
+    baselines = {b: minus[b] for b in findings.get("paired_cprd", {}).get("semantic", {}) if b in minus}
+    return headline_verdict({"paired": {"semantic": {"cprd": minus["itc"]}},
+                             "paired_cprd": {"semantic": baselines},
+                             "retrieval": findings["retrieval"], "room": findings.get("room")})
 
 
 def main(argv: list[str] | None = None) -> None:
