@@ -204,15 +204,16 @@ assert np.isfinite(taus_hard).all()
 #
 # Agreement and the ablation above are correlations. The fair test (`docs/protocol.md`) intervenes instead: the
 # same ListMLE term over the student's K hard negatives (or K easy ones), fed the teacher's order, a random order
-# (a fixed random score per pair) or the true order (the world's relevance, ties broken at random), three seeds
-# each, 2,000 steps. Differences are paired by seed; a line that misses the dashed zero is a difference that
-# holds. The true order over hard negatives is the positive control: if the student gained nothing even from it,
-# the finding could not be tested on this student. Here it gains (+11 RSUM over a random order), the teacher's
-# order gains less (+4, an interval that includes 0), and no order over hard negatives moves flipped relations off
-# chance: ordering negatives among themselves never asks the positive to beat its relation-flipped sibling, which
-# is where the room is. Over easy negatives both orders cost RSUM against ITC (about 14 and 23 RSUM); the teacher's
-# order beats a random one there by +9 with a wide interval (one random-order seed fell far), so the data cannot
-# tell the two windows apart yet. These are committed results of `reproduce --profile cpu`
+# (a fixed random score per pair) or the true order (the world's relevance, ties broken at random), 2,000 steps,
+# five seeds for the hard-negative arms and three for the easy ones. Differences are paired by seed; a line that
+# misses the dashed zero is a difference that holds. The true order over hard negatives is the positive control:
+# if the student gained nothing even from it, the finding could not be tested on this student. Here it gains
+# (+9 RSUM over a random order), the teacher's order gains much less (+2, an interval that includes 0), and no
+# order over hard negatives moves flipped relations off chance: ordering negatives among themselves never asks the
+# positive to beat its relation-flipped sibling, which is where the room is. Over easy negatives both orders cost
+# RSUM against ITC (about 14 and 23 RSUM); the teacher's order beats a random one there by +9 with a wide interval
+# (one random-order seed fell far), so the data cannot tell the two windows apart yet. These are committed results
+# of `reproduce --profile cpu --seeds 5`
 # (`benchmarks/results/fair_cpu/`), read here, not recomputed: the same numbers in smoke and full mode.
 
 # %%
