@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from workbench.experiments.parallel import finished, run_jobs  # noqa: E402
 from workbench.experiments.plan import PROFILES, jobs, variants, with_seeds  # noqa: E402
-from workbench.experiments.protocol import convergence, paired_against, reference_minus  # noqa: E402
+from workbench.experiments.protocol import LOGIT, convergence, paired_against, reference_minus  # noqa: E402
 from workbench.experiments.tuning import (  # noqa: E402
     apply_choice,
     final_val_rsum,
@@ -162,7 +162,7 @@ def confirm_report(done: list, reference_findings: Path) -> dict:
                               f"{cfg.teacher_temperature:g})",
                      "rsum": values[tuned], "reference": str(reference_findings),
                      "minus": reference_minus(values, tuned), "reference_minus": vs}
-        if "listmle" in vs:
+        if "listmle" in vs and name in LOGIT:  # Finding 1 (b) contrasts the ranking method with a logit one
             transfer = {"ranking": "listmle", "logit": tuned, "difference": vs["listmle"]}
             out[name]["finding1"] = finding1_verdict({"finding1": {**findings["finding1"], "transfer": transfer}})
         if name == "cprd":

@@ -12,7 +12,7 @@ the image patches, layer by layer, and the ITM head reads the [CLS] state of the
   that row only.
 
 :func:`cls_logits` runs the rest for a chunk of pairs. The result is the same function as
-``teacher.itm(img[i], txt[j], pad[j])`` (equal to float rounding: ``tests/test_teacher.py`` compares them), at about
+``teacher.itm(img[i], txt[j], pad[j])`` (equal to float rounding: ``tests/test_models.py`` compares them), at about
 half the work on the built-in world. The pair scorer's captions of one call have one length and no padding (it
 groups and trims them), so it applies no attention mask; the dense teacher's chunks may hold shorter captions and
 pass their padding. The softmax over the 9 patches is written out because PyTorch's CPU softmax is slow on rows
