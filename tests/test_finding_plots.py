@@ -5,6 +5,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
+from matplotlib.colors import to_hex
 
 from workbench.findings.figures import (
     cosine_curves,
@@ -103,6 +104,13 @@ def test_learning_curves_mark_each_seed_s_plateau_and_a_curve_still_rising(tmp_p
     _saved(fig, "curves", tmp_path)
     with pytest.raises(ValueError, match="at least one seed"):
         learning_curves({"itc": {}})
+
+
+def test_learning_curves_keep_more_than_ten_methods_apart() -> None:
+    curves = {f"m{i}": {0: ([1, 2, 3], [1.0, 2.0, 3.0 + i])} for i in range(13)}  # more than the 10 default colours
+    lines = [ln for ln in learning_curves(curves).axes[0].lines if not ln.get_label().startswith("_")]
+    styles = [(to_hex(ln.get_color()), ln.get_linestyle()) for ln in lines]  # 'C10' is drawn as 'C0'
+    assert len(styles) == 13 and len(set(styles)) == 13, styles
 
 
 def test_lambda_sweep(tmp_path) -> None:

@@ -186,6 +186,15 @@ def cosine_curves(series: Mapping[str, tuple[ArrayLike, ArrayLike]], *, ylabel: 
     return fig
 
 
+_LINE_STYLES = ("-", "--", ":", "-.")
+
+
+def _series_style(i: int) -> tuple[str, str]:
+    """(colour, line style) of the ``i``-th series: the 10 default colours, then the same colours dashed, dotted,
+    dash-dotted, so up to 40 series stay distinct."""
+    return f"C{i % 10}", _LINE_STYLES[(i // 10) % len(_LINE_STYLES)]
+
+
 def learning_curves(curves: Mapping[str, Mapping[int, tuple[ArrayLike, ArrayLike]]], *, metric: str = "validation RSUM",
                     tolerance: float = 0.01) -> plt.Figure:
     """Validation curves per method and seed, each seed's plateau step marked (:func:`plateau_step`): the figure
@@ -204,15 +213,16 @@ def learning_curves(curves: Mapping[str, Mapping[int, tuple[ArrayLike, ArrayLike
         raise ValueError(f"curves must map each method to at least one seed's curve, got {dict(curves)!r}")
     fig, ax = plt.subplots(figsize=(5.6, 3.6))
     for i, (method, seeds) in enumerate(curves.items()):
+        color, style = _series_style(i)
         for j, (seed, (steps, values)) in enumerate(sorted(seeds.items())):
             x = as_array(f"curves[{method!r}][{seed}] steps", steps, ndim=1)
             y = as_array(f"curves[{method!r}][{seed}] values", values, ndim=1)
             plateau = plateau_step(x, y, tolerance=tolerance)
             label = f"{method} ({len(seeds)} seed{'s' * (len(seeds) > 1)})" if j == 0 else None
-            ax.plot(x, y, color=f"C{i}", lw=1, alpha=0.8, label=label)
-            ax.plot([plateau["step"]], [y[np.flatnonzero(x == plateau["step"])[0]]], "o", color=f"C{i}", ms=4)
+            ax.plot(x, y, color=color, ls=style, lw=1, alpha=0.8, label=label)
+            ax.plot([plateau["step"]], [y[np.flatnonzero(x == plateau["step"])[0]]], "o", color=color, ms=4)
             if not plateau["converged_at_end"]:
-                ax.plot([x[-1]], [y[-1]], "o", mfc="none", color=f"C{i}", ms=8)
+                ax.plot([x[-1]], [y[-1]], "o", mfc="none", color=color, ms=8)
     ax.set_xlabel("step")
     ax.set_ylabel(metric)
     ax.set_title(f"dot: within {tolerance:.0%} of the plateau from there on; circle: still rising", fontsize=9)
