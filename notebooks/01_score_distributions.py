@@ -288,7 +288,9 @@ else:
 # from +42.4 to +3.3 [−0.2, +6.8], an interval that (just) includes 0. So the wide gap of the plot above was mostly
 # KL's weight and scale; what survives is that KL never helped this student and ListMLE never lost to it. CPRD joined
 # the grid too: its two points tie on validation, and at the chosen λ = 0.25 it beats the tuned KL by +7.4 [+4.3,
-# +10.5] on the test seeds.
+# +10.5] on the test seeds. And `mined_itc` at its chosen λ = 0.25 lands 10.3 RSUM *below* the tuned KL
+# ([−15.8, −4.8]): at λ = 1 on raw logits KL was hard-negative InfoNCE in all but name, but on logits ÷ 4 its
+# targets are no longer one-hot, and that hurts the student less (it still does not help it).
 
 # %%
 GRID = Path("../benchmarks/results/fair_cpu/tuning/grid.json")
