@@ -158,8 +158,8 @@ assert all(load_run(spec.out_dir)["metrics"]["batched"]["members"] == SEEDS for 
 #
 # A few hundred steps and one seed, as above, cannot answer that: the spread between seeds is several RSUM points
 # and the runs are not converged. The fair test (`docs/protocol.md`) trains every method 2,000 steps (ITC's
-# validation curve has flattened there) on seeds that every method shares (five for ITC, CPRD and ListMLE, three
-# for some others), so each method's test RSUM minus ITC's is taken **seed by seed**. Below, one dot per seed, the
+# validation curve has flattened there) on five seeds that every method shares, so each method's test RSUM minus
+# ITC's is taken **seed by seed**. Below, one dot per seed, the
 # tick is the mean and the line its 95 % interval; a line that misses the dashed zero is a difference that holds.
 # The room is how far an oracle student with privileged negatives gets above ITC (README, "The room"): a
 # teacher-distilled student could at most close it.
