@@ -106,9 +106,12 @@ def test_learning_curves_mark_each_seed_s_plateau_and_a_curve_still_rising(tmp_p
         learning_curves({"itc": {}})
 
 
-def test_learning_curves_keep_more_than_ten_methods_apart() -> None:
-    curves = {f"m{i}": {0: ([1, 2, 3], [1.0, 2.0, 3.0 + i])} for i in range(13)}  # more than the 10 default colours
-    lines = [ln for ln in learning_curves(curves).axes[0].lines if not ln.get_label().startswith("_")]
+@pytest.mark.parametrize("draw", [
+    lambda n: learning_curves({f"m{i}": {0: ([1, 2, 3], [1.0, 2.0, 3.0 + i])} for i in range(n)}),
+    lambda n: cosine_curves({f"m{i}": ([1, 2, 3], [0.1, 0.2, 0.3 + i]) for i in range(n)}),
+], ids=["learning_curves", "cosine_curves"])
+def test_curves_keep_more_than_ten_methods_apart(draw) -> None:
+    lines = [ln for ln in draw(13).axes[0].lines if not ln.get_label().startswith("_")]  # > the 10 default colours
     styles = [(to_hex(ln.get_color()), ln.get_linestyle()) for ln in lines]  # 'C10' is drawn as 'C0'
     assert len(styles) == 13 and len(set(styles)) == 13, styles
 

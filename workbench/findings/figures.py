@@ -151,6 +151,15 @@ def tau_violins(taus: Mapping[str, Mapping[str, ArrayLike]], *, windows: Sequenc
     return fig
 
 
+_LINE_STYLES = ("-", "--", ":", "-.")
+
+
+def _series_style(i: int) -> tuple[str, str]:
+    """(colour, line style) of the ``i``-th series: the 10 default colours, then the same colours dashed, dotted,
+    dash-dotted, so up to 40 series stay distinct."""
+    return f"C{i % 10}", _LINE_STYLES[(i // 10) % len(_LINE_STYLES)]
+
+
 def cosine_curves(series: Mapping[str, tuple[ArrayLike, ArrayLike]], *, ylabel: str = "cos(grad ITC, grad term)"
                   ) -> plt.Figure:
     """Gradient cosine over training: one line per series (mean over seeds), with a ±1 std band.
@@ -175,8 +184,9 @@ def cosine_curves(series: Mapping[str, tuple[ArrayLike, ArrayLike]], *, ylabel: 
         with warnings.catch_warnings():  # an all-NaN column is a NaN point, by design
             warnings.simplefilter("ignore", RuntimeWarning)
             mean, std = np.nanmean(y, 0), (np.nanstd(y, 0, ddof=1) if len(y) > 1 else np.zeros(x.size))
-        ax.plot(x, mean, marker=".", color=f"C{i}", label=f"{label} ({len(y)} seed{'s' * (len(y) > 1)})")
-        ax.fill_between(x, mean - std, mean + std, color=f"C{i}", alpha=0.2)
+        color, style = _series_style(i)
+        ax.plot(x, mean, marker=".", color=color, ls=style, label=f"{label} ({len(y)} seed{'s' * (len(y) > 1)})")
+        ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.2)
     ax.axhline(0, color="black", lw=0.8, ls=":")
     ax.set_xlabel("step")
     ax.set_ylabel(ylabel)
@@ -184,15 +194,6 @@ def cosine_curves(series: Mapping[str, tuple[ArrayLike, ArrayLike]], *, ylabel: 
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
-
-
-_LINE_STYLES = ("-", "--", ":", "-.")
-
-
-def _series_style(i: int) -> tuple[str, str]:
-    """(colour, line style) of the ``i``-th series: the 10 default colours, then the same colours dashed, dotted,
-    dash-dotted, so up to 40 series stay distinct."""
-    return f"C{i % 10}", _LINE_STYLES[(i // 10) % len(_LINE_STYLES)]
 
 
 def learning_curves(curves: Mapping[str, Mapping[int, tuple[ArrayLike, ArrayLike]]], *, metric: str = "validation RSUM",
