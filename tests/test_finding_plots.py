@@ -160,15 +160,16 @@ def test_tuning_grid_marks_the_chosen_point_and_names_missing_ones(tmp_path) -> 
     from workbench.experiments.tuning import choose
     from workbench.findings.figures import tuning_grid
 
-    kl = [{"lambda": 0.25, "view": "logits", "val_rsum": 430.0}, {"lambda": 1.0, "view": "logits", "val_rsum": None}]
+    kl = [{"lambda": 0.25, "view": "logits", "val_rsum": 430.0}, {"lambda": 1.0, "view": "logits/4", "val_rsum": None}]
     ranking = [{"lambda": 0.25, "view": "logits", "val_rsum": 449.9}, {"lambda": 1.0, "view": "logits",
                                                                        "val_rsum": 454.5}]
     tuning = {m: {"grid": g, "chosen": choose(g)} for m, g in (("kl", kl), ("listmle", ranking))}
     fig = tuning_grid(tuning, reference=446.0)
     ax = fig.axes[0]
     labels = [t.get_text() for t in ax.get_yticklabels()]
-    assert labels == ["kl: λ = 0.25, logits", "kl: λ = 1, logits (no value)", "listmle: λ = 0.25, logits",
-                      "listmle: λ = 1, logits"]
+    # the view is named where the method's grid has two (KL), not where it has one nominal view (ListMLE)
+    assert labels == ["kl: λ = 0.25, logits", "kl: λ = 1, logits/4 (no value)", "listmle: λ = 0.25",
+                      "listmle: λ = 1"]
     points = [(float(c.get_offsets()[0][0]), tuple(c.get_facecolors()[0])) for c in ax.collections]
     assert points == [(430.0, to_rgba("k")), (449.9, to_rgba("white")), (454.5, to_rgba("k"))]
     assert [line.get_xdata()[0] for line in ax.get_lines()] == [446.0]

@@ -344,16 +344,25 @@ def paired_differences(diffs: Mapping[str, Mapping[str, object]], *, metric: str
     return fig
 
 
+def _grid_label(method: str, point: Mapping[str, object], grid: Sequence[Mapping[str, object]]) -> str:
+    """``"kl: λ = 0.25, logits/4"``; the view left out when every point of the method's grid has the same one."""
+    label = f"{method}: λ = {point['lambda']:g}"
+    return label + f", {point['view']}" if len({q["view"] for q in grid}) > 1 else label
+
+
 def tuning_grid(tuning: Mapping[str, Mapping[str, object]], reference: float | None = None, *,
                 title: str | None = None) -> plt.Figure:
     """The tuning grid (``workbench.experiments.tuning.grid_results``): one row per method and grid point, its final
     validation RSUM as a dot, the chosen point filled black; ``reference`` (e.g. ITC alone on the same seed) as a
     dashed line. A point without a finite value (not run, diverged) is left out of the axis and named so.
 
+    A row names the teacher's view only for a method whose grid has more than one (a scale-free or teacher-free
+    method is trained on one nominal view, which would read as a choice it never made).
+
     Args:
         tuning: ``{method: {"grid": [{"lambda", "view", "val_rsum"}], "chosen": point}}``.
     """
-    rows = [(f"{method}: λ = {q['lambda']:g}, {q['view']}", q.get("val_rsum"), q == t["chosen"])
+    rows = [(_grid_label(method, q, t["grid"]), q.get("val_rsum"), q == t["chosen"])
             for method, t in tuning.items() for q in t["grid"]]
     if not rows:
         raise ValueError("tuning must hold at least one method with a grid, got none")
