@@ -116,6 +116,15 @@ def test_curves_keep_more_than_ten_methods_apart(draw) -> None:
     assert len(styles) == 13 and len(set(styles)) == 13, styles
 
 
+def test_learning_curves_legend_of_many_methods_does_not_squash_the_axes() -> None:
+    """25 methods (the tuning grid's curves): the legend beside the axes is no taller than the axes' own column."""
+    fig = learning_curves({f"method_{i}__l0.25_logits": {0: ([1, 2, 3], [1.0, 2.0, 3.0 + i])} for i in range(25)})
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    legend = ax.get_legend().get_window_extent()
+    assert legend.height <= fig.bbox.height and ax.get_window_extent().height >= 0.5 * legend.height
+
+
 def test_lambda_sweep(tmp_path) -> None:
     fig = lambda_sweep([1.0, 0.1, 10.0], [450.0, 440.0, 400.0], [2.0, 3.0, 8.0], metric="RSUM",
                        references={"ITC only": (445.0, 2.0), "teacher re-ranker": (480.0, 1.0)})

@@ -229,7 +229,7 @@ def learning_curves(curves: Mapping[str, Mapping[int, tuple[ArrayLike, ArrayLike
     ax.set_title(f"dot: within {tolerance:.0%} of the plateau from there on; circle: still rising", fontsize=9)
     if len(curves) > 4:  # many methods: the legend beside the axes, not over the curves
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-        fig.set_size_inches(8.2, 3.6)
+        fig.set_size_inches(8.2, max(3.6, 0.2 * len(curves) + 1.0))  # as tall as its legend: axes not squashed
     else:
         ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
