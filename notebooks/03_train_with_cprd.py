@@ -147,7 +147,7 @@ assert paths[0].is_file() and len(run["history"]) >= 1
 # %%
 seed_cfg = cfg.with_(steps=SEED_STEPS, eval_every=max(1, SEED_STEPS // 2))
 seed_runs = [RunSpec(seed_cfg.with_(seed=s), OUT / "03-seeds" / f"seed{s}") for s in range(SEEDS)]
-seed_metrics = train_runs_batched(ws, seed_runs)
+seed_metrics = train_runs_batched(ws, seed_runs, overwrite=True)  # re-running the notebook replaces these runs
 rsums = [m["rsum"] for m in seed_metrics]
 print(f"{SEEDS} seeds of {' + '.join(t.name for t in cfg.losses)}, {SEED_STEPS} steps: test RSUM "
       + ", ".join(f"{r:.1f}" for r in rsums) + f" (trained together in {seed_metrics[0]['train_seconds']:.0f} s)")

@@ -8,6 +8,7 @@ New notebooks are picked up automatically. Run one by hand the same way::
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import subprocess
@@ -58,6 +59,21 @@ def test_notebook_layout(path: Path):
     source = "\n".join(c.source for c in code)
     assert "../figures" not in source and "FIGURES" not in source, "notebook runs write figures under runs/ only"
     assert not re.search(r"^\s*display\(", source, flags=re.M), "show figures / tables with show_figure / show_table"
+
+
+RUN_WRITERS = {"train_run", "train_runs_batched", "compare_runs"}
+"""Calls that write run folders and refuse a folder that already holds a run unless told to overwrite or resume."""
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_can_be_run_again(path: Path):
+    """Running a notebook twice (Run All again, ``make book`` again) must not stop at a run folder of its first
+    run: every call that writes a run folder says what to do with one (``overwrite=`` or ``resume=``)."""
+    tree = ast.parse(path.read_text())
+    calls = [node for node in ast.walk(tree) if isinstance(node, ast.Call)
+             and getattr(node.func, "id", getattr(node.func, "attr", None)) in RUN_WRITERS]
+    missing = [f"line {c.lineno}" for c in calls if not {k.arg for k in c.keywords} & {"overwrite", "resume"}]
+    assert not missing, f"{path.name}: run-writing calls without overwrite= or resume= at {', '.join(missing)}"
 
 
 def test_generated_notebooks_are_git_ignored():
