@@ -13,6 +13,8 @@ Arms (decided before the runs; the student is the workspace's default, ``moments
   trains it;
 - ``oracle``: the same student with privileged signal: every near-miss kind of each caption (relation flips
   included) as extra negatives, whole contrast groups per batch, semantic positives (no false negatives).
+- ``near_misses`` (added later, exploratory): the oracle's near-misses only (every kind of each caption as extra
+  negatives), with own-caption positives and random batches, as ITC and every distillation run has them.
 
 The teacher's level is its re-ranking of the ITC student's top-k (``rerank`` in metrics.json), the workbench's
 teacher number. Per-seed values are kept; means carry 95 % t-intervals (``workbench.findings.stats``).
@@ -42,6 +44,8 @@ from workbench.training.config import LossTerm, profile  # noqa: E402
 ARMS = {
     "itc": {"positives": "coco"},
     "oracle": {"positives": "semantic", "near_misses": True, "near_miss_count": 0, "group_batches": True},
+    # added 2026-12-07 (docs/protocol.md, eleventh note): one part of the oracle alone
+    "near_misses": {"positives": "coco", "near_misses": True, "near_miss_count": 0},
 }
 
 
