@@ -30,7 +30,7 @@ from research.room.common import mined_pairs
 from workbench.evaluation.embed import embed_split
 from workbench.experiments import open_workspace
 from workbench.findings.stats import seed_stats
-from workbench.io import write_json
+from workbench.io import read_json, write_json
 from workbench.training.checkpoint import load_student
 
 TOP_M = 4
@@ -67,9 +67,9 @@ def teacher_view(mined: dict, split, teacher, direction: str, top_m: int = TOP_M
     sib = mined["sibling"]
     beats = (pos[:, :, None] > logits[:, None, :]) & sib[:, None, :]  # [Q, P, K]
     top = logits.topk(min(top_m, logits.shape[1]), dim=1).indices
-    in_top = sib.gather(1, top) & mined["valid"].gather(1, top)
+    valid_top = mined["valid"].gather(1, top)
     return {"positive_above_sibling": _pct(beats.sum(), sib.sum() * pos.shape[1]),
-            "top_m_sibling_share": _pct(in_top.sum(), mined["valid"].gather(1, top).sum())}
+            "top_m_sibling_share": _pct((sib.gather(1, top) & valid_top).sum(), valid_top.sum())}
 
 
 def _positive_logits(mined: dict, split, teacher, direction: str) -> torch.Tensor:
@@ -159,15 +159,14 @@ def main() -> None:
     torch.set_num_threads(1)
     ws = open_workspace(store_path=args.store)
     teacher = ws.teacher_scores("train")
-    results = json.loads(args.out.read_text())["runs"] if args.out.is_file() else {}
+    results = read_json(args.out, what="slate-siblings results")["runs"] if args.out.is_file() else {}
     for spec in args.runs:
         label, _, folder = spec.rpartition("=")
         label = label or Path(folder).name
         if label not in results:
             results[label] = measure(Path(folder), ws, teacher)
             print(label, json.dumps(results[label]), flush=True)
-            write_json(args.out, {"runs": results, "summary": summarise(results)})
-    write_json(args.out, {"runs": results, "summary": summarise(results)})
+            write_json(args.out, {"runs": results, "summary": summarise(results)})  # after each run: resumable
 
 
 if __name__ == "__main__":
