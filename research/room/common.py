@@ -27,6 +27,12 @@ def get_world(name: str):
     return build_world(world_config(name))
 
 
+def world_of(world: str | dict):
+    """The world a run was trained on: a preset name (``student.pt`` runs) or the ``WorldConfig`` fields its
+    checkpoint's config.json records (``data.world``)."""
+    return get_world(world) if isinstance(world, str) else build_world(WorldConfig(**world))
+
+
 def get_stem(world_name: str, world=None):
     """The committed teacher's stem for worlds rendered like today's; else a stem pre-trained on this world."""
     from workbench.models.teacher import load_teacher

@@ -15,9 +15,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from research.room.common import get_stem, get_world  # noqa: E402
+from research.room.common import get_stem, world_of  # noqa: E402
 from research.room.probes import probe_embeddings  # noqa: E402
-from workbench.data.world import WorldConfig, build_world  # noqa: E402
 from workbench.evaluation.embed import embed_split  # noqa: E402
 from workbench.models.student import DualEncoder, StudentConfig  # noqa: E402
 
@@ -44,7 +43,7 @@ def main() -> None:
     results = {}
     for run in a.runs:
         student, world_name = load(Path(run))
-        w = get_world(world_name) if isinstance(world_name, str) else build_world(WorldConfig(**world_name))
+        w = world_of(world_name)
         tr = [e.float() for e in embed_split(student, w.train)]
         te = [e.float() for e in embed_split(student, w.test)]
         res = {"linear": probe_embeddings(w.train, w.test, tr[0], tr[1], te[0], te[1])}
